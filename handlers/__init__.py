@@ -1,0 +1,1 @@
+"""Built-in completion handlers (shipped in the wheel as `spoold.handlers`)."""

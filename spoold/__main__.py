@@ -1,0 +1,6 @@
+"""`python -m spoold`: the guard matters, vLLM starts its workers with spawn."""
+
+from spoold.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""spoold.yaml (SPEC section 7): validated at the edge so the daemon never sees a typo."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from spoold.durations import Seconds
+from spoold.errors import ConfigError, describe_validation_error
+from spoold.handlers.config import HandlerConfig
+
+DEFAULT_CONFIG_PATH = Path("/etc/spoold/spoold.yaml")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WatchConfig(Strict):
+    mode: Literal["auto", "inotify", "poll"] = "auto"
+    poll_interval: Seconds = Field(2.0, gt=0)
+    settle_seconds: Seconds = Field(2.0, ge=0)
+    require_sidecar: bool = True
+    orphan_seconds: Seconds = Field(300.0, ge=0)
+
+
+class EngineConfig(Strict):
+    backend: Literal["vllm", "echo"] = "vllm"
+    default_model: str = "tiny-random"
+    model_dirs: list[Path] = []
+    max_attempts: int = Field(3, ge=1)
+    idle_unload_seconds: Seconds = Field(0.0, ge=0)
+    # spoold's own additions (not in SPEC; documented in the README):
+    window: int = Field(256, ge=1)
+    """Requests kept in flight in the engine; chunk boundaries do not drain it."""
+    model_switch_after: Seconds = Field(600.0, ge=0)
+    """Switch away from the loaded model once another model's oldest job waited this long."""
+    state_dir: Path = Path("/var/lib/spoold")
+    """Where built-in models (tiny-random) are built and cached."""
+    engine_args: dict[str, object] = {}
+    """Extra vLLM engine arguments applied to every model (e.g. device settings)."""
+
+
+class MetricsConfig(Strict):
+    listen: str = "127.0.0.1:9464"
+
+
+class LoggingConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "text", "json"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class HealthConfig(Strict):
+    """Stop claiming new jobs while a GPU is unhealthy (issue 4)."""
+
+    max_gpu_temperature: float | None = None
+
+
+class Config(Strict):
+    spool_dir: Path = Path("/var/spool/spoold")
+    node_id: str | None = None
+    watch: WatchConfig = WatchConfig()
+    engine: EngineConfig = EngineConfig()
+    chunk_size: int = Field(1000, ge=1)
+    lease_seconds: Seconds = Field(60.0, gt=0)
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    health: HealthConfig = HealthConfig()
+    handlers: list[HandlerConfig] = []
+
+    @model_validator(mode="after")
+    def _unique_handler_names(self) -> Config:
+        names = [h.name for h in self.handlers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"handler names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def node(self) -> str:
+        return self.node_id or socket.gethostname()
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """--config, then $SPOOLD_CONFIG, then /etc/spoold/spoold.yaml if it exists."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("SPOOLD_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def parse_config(text: str, source: str = "config") -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({_yaml_where(exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: must be a YAML mapping of settings")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    path = config_path(explicit)
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    return parse_config(text, str(path))
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "syntax error"
+    if mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(problem)

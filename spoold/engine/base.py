@@ -1,0 +1,83 @@
+"""The seam between the runner and an inference backend.
+
+The runner feeds requests one at a time (`add`) and harvests finished ones
+(`step`), keeping a rolling window in flight, so a chunk boundary (a
+checkpoint) never drains the engine. Every request is identified by its input
+line number, which is unique within a job.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RequestKind = Literal["chat", "completion"]
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    line: int
+    """1-based input line number: the request's identity within its job."""
+    custom_id: str
+    kind: RequestKind
+    body: dict[str, Any]
+    """The OpenAI request body, sidecar sampling defaults already merged (the line wins)."""
+
+
+@dataclass(frozen=True)
+class EngineError:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """One finished request: a response body, or an error for that line alone."""
+
+    line: int
+    custom_id: str
+    body: dict[str, Any] | None = None
+    """An OpenAI `chat.completion` / `text_completion` object on success."""
+    error: EngineError | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EngineFailure(Exception):
+    """The engine as a whole failed (not one request): the job's attempt counts."""
+
+
+class ModelLoadError(EngineFailure):
+    """The model could not be loaded; its jobs fail with this message."""
+
+
+class Engine(ABC):
+    """A loaded model that accepts requests and returns them as they finish."""
+
+    model: str
+    """The profile name (or local path) this engine serves."""
+
+    @abstractmethod
+    def add(self, request: EngineRequest) -> EngineResult | None:
+        """Queue a request; return an error result at once if it is rejected (too long, bad params)."""
+
+    @abstractmethod
+    def step(self) -> list[EngineResult]:
+        """Make bounded progress (one scheduler step) and return the requests that finished.
+
+        Must return within seconds so the caller can ping the watchdog, renew
+        its lease and notice a stop request.
+        """
+
+    @abstractmethod
+    def in_flight(self) -> int:
+        """How many added requests have not been returned yet."""
+
+    @abstractmethod
+    def abort_all(self) -> None:
+        """Drop every unfinished request (on stop or cancel); they are re-run on resume."""
+
+    def close(self) -> None:
+        """Release the model (and its GPU memory)."""

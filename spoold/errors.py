@@ -1,0 +1,41 @@
+"""Domain exceptions: each carries one readable sentence for the user or the log."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class SpooldError(Exception):
+    """A problem with a clear one-line explanation; never shown as a traceback."""
+
+
+class ConfigError(SpooldError):
+    """spoold.yaml is missing, unreadable or invalid."""
+
+
+class SidecarError(SpooldError):
+    """A job's NAME.yaml is unreadable or invalid: the whole job fails."""
+
+
+class UnknownModel(SpooldError):
+    """Neither a model profile nor a local model directory has this name."""
+
+
+class JobFailed(SpooldError):
+    """The job as a whole cannot run; the message is the reason in batch.json."""
+
+
+class NoSuchJob(SpooldError):
+    """A CLI command named a job that is not in the spool."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Pydantic's report folded into one line: `key.path: message; ...`."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
