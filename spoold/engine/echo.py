@@ -1,0 +1,75 @@
+"""The echo backend: answers each request with its own input. For pipeline tests only."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from spoold.engine import responses
+from spoold.engine.base import Engine, EngineError, EngineRequest, EngineResult
+
+
+def _prompt_text(request: EngineRequest) -> str:
+    if request.kind == "chat":
+        messages = request.body.get("messages") or []
+        last = messages[-1] if messages else {}
+        content = last.get("content", "") if isinstance(last, dict) else ""
+        if isinstance(content, list):  # content parts
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return str(content)
+    prompt = request.body.get("prompt", "")
+    return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+
+
+class EchoEngine(Engine):
+    """Finishes every request on the next `step`, echoing the prompt (cut to max_tokens words).
+
+    `SPOOLD_ECHO_DELAY` (seconds per step) slows it down so tests can kill a
+    daemon mid-job; a prompt containing `SPOOLD_ECHO_REJECT` is rejected as a
+    per-request error, as vLLM rejects an over-long prompt.
+    """
+
+    def __init__(self, model: str, delay: float | None = None) -> None:
+        self.model = model
+        self._delay = float(os.environ.get("SPOOLD_ECHO_DELAY", "0")) if delay is None else delay
+        self._pending: list[EngineRequest] = []
+
+    def add(self, request: EngineRequest) -> EngineResult | None:
+        if "SPOOLD_ECHO_REJECT" in _prompt_text(request):
+            return EngineResult(
+                line=request.line,
+                custom_id=request.custom_id,
+                error=EngineError("invalid_request", "prompt rejected by the echo backend"),
+            )
+        self._pending.append(request)
+        return None
+
+    def step(self) -> list[EngineResult]:
+        if self._delay:
+            time.sleep(self._delay)
+        done, self._pending = self._pending, []
+        return [self._answer(r) for r in done]
+
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def abort_all(self) -> None:
+        self._pending.clear()
+
+    def _answer(self, request: EngineRequest) -> EngineResult:
+        text = _prompt_text(request)
+        words = text.split()
+        max_tokens = request.body.get("max_tokens") or request.body.get("max_completion_tokens")
+        out_words = words[: int(max_tokens)] if isinstance(max_tokens, int) else words
+        finish = "length" if len(out_words) < len(words) else "stop"
+        choice: dict[str, Any] = {"text": " ".join(out_words), "finish_reason": finish}
+        shape = responses.chat_completion if request.kind == "chat" else responses.text_completion
+        body = shape(self.model, [choice], len(words), len(out_words))
+        return EngineResult(
+            line=request.line,
+            custom_id=request.custom_id,
+            body=body,
+            prompt_tokens=len(words),
+            completion_tokens=len(out_words),
+        )
