@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spoold.durations import Seconds
-from spoold.errors import ConfigError, describe_validation_error
+from spoold.errors import ConfigError, describe_validation_error, yaml_problem
 from spoold.handlers.config import HandlerConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/spoold/spoold.yaml")
@@ -105,7 +105,7 @@ def parse_config(text: str, source: str = "config") -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({_yaml_where(exc)})") from None
+        raise ConfigError(f"{source}: not valid YAML ({yaml_problem(exc)})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -126,10 +126,3 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
     return parse_config(text, str(path))
 
-
-def _yaml_where(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or "syntax error"
-    if mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return str(problem)

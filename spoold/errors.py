@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import yaml
 from pydantic import ValidationError
 
 
@@ -39,3 +40,12 @@ def describe_validation_error(exc: ValidationError) -> str:
             message = "unknown key"
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where a YAML file went wrong, in a few words."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "syntax error"
+    if mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(problem)

@@ -1,0 +1,1 @@
+"""Worked examples of `type: python` handlers; see README.md here."""

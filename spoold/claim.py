@@ -1,0 +1,124 @@
+"""Claiming a job: one atomic rename out of inbox/ decides the winner (SPEC section 2).
+
+Steps, each safe to crash after:
+1. make a private staging folder `processing/.claim-<token>/` naming its claimer;
+2. rename `inbox/NAME.jsonl` into it — the claim itself; then look at the
+   disk, not the rename's return code (NFS can report a rename that worked
+   as failed), to see whether we won;
+3. move the sidecar, write the job record and the first lease;
+4. rename the staging folder to `processing/NAME` (or `NAME.2`, ...).
+A staging folder left by a crash is finished by its node on restart, or by
+anyone once it is older than the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from spoold import lease as leases
+from spoold.fsutil import atomic_write_json, fsync_dir, read_json
+from spoold.jobdir import STATE_DIR, JobDir, JobRecord
+from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX
+from spoold.spool import Spool
+from spoold.states import name_taken, rename_unique
+
+log = logging.getLogger(__name__)
+
+CLAIMER_FILE = "claimer.json"
+
+
+class Claimer(BaseModel):
+    node: str
+    pid: int
+    name: str
+    at: float
+
+
+def claim(spool: Spool, name: str, node: str) -> JobDir | None:
+    """Claim inbox job `name`; returns its processing/ directory, or None if another daemon won."""
+    staging = spool.processing / f".claim-{uuid.uuid4().hex}"
+    (staging / STATE_DIR).mkdir(parents=True)
+    atomic_write_json(staging / STATE_DIR / CLAIMER_FILE, Claimer(node=node, pid=os.getpid(), name=name, at=time.time()).model_dump())
+    source = spool.inbox / f"{name}{INPUT_SUFFIX}"
+    created_at = _mtime(source)
+    try:
+        os.rename(source, staging / "input.jsonl")
+    except OSError as exc:
+        log.debug("claim rename of %s reported %s; checking the disk", source, exc)
+    if not (staging / "input.jsonl").exists():
+        shutil.rmtree(staging, ignore_errors=True)
+        return None
+    fsync_dir(spool.inbox)
+    return _complete(spool, staging, name, node, created_at)
+
+
+def recover_claims(spool: Spool, node: str, lease_seconds: float) -> list[JobDir]:
+    """Finish staged claims this node left, and anyone's that have been stale for a lease period."""
+    finished = []
+    for staging in spool.staged_claims():
+        claimer = _read_claimer(staging)
+        age = time.time() - _mtime(staging)
+        if claimer is not None and claimer.node != node and age <= lease_seconds:
+            continue
+        if claimer is None and age <= lease_seconds:
+            continue
+        mine = spool.processing / f".claim-{uuid.uuid4().hex}"
+        try:
+            os.rename(staging, mine)  # take it over atomically before touching it
+        except FileNotFoundError:
+            continue
+        if not mine.exists():
+            continue
+        if not (mine / "input.jsonl").exists():
+            shutil.rmtree(mine, ignore_errors=True)  # died before the claim rename: nothing was taken
+            continue
+        name = claimer.name if claimer else mine.name
+        log.info("finishing an interrupted claim of %s", name)
+        finished.append(_complete(spool, mine, name, node, _mtime(mine / "input.jsonl")))
+    return finished
+
+
+def _complete(spool: Spool, staging: Path, name: str, node: str, created_at: float) -> JobDir:
+    sidecar = spool.inbox / f"{name}{SIDECAR_SUFFIX}"
+    if not (staging / "meta.yaml").exists():
+        try:
+            os.rename(sidecar, staging / "meta.yaml")
+        except FileNotFoundError:
+            pass  # an orphan job: default metadata
+    job = JobDir(staging)
+    if not job.record_path.exists():
+        record = JobRecord.new(name=name, original_name=name, node=node, created_at=created_at)
+        record.no_sidecar = not job.meta.exists()
+        job.save_record(record)
+    if leases.current(job) is None:
+        leases.acquire(job, node, None)
+    fsync_dir(staging)
+    final = rename_unique(staging, spool.processing, name, lambda n: name_taken(spool.root, n))
+    job = JobDir(final)
+    record = job.load_record()
+    if record.name != final.name:
+        record.name = final.name
+        job.save_record(record)
+    log.info("claimed %s", final.name, extra={"job": final.name})
+    return job
+
+
+def _read_claimer(staging: Path) -> Claimer | None:
+    try:
+        return Claimer.model_validate(read_json(staging / STATE_DIR / CLAIMER_FILE))
+    except (OSError, ValueError, ValidationError):
+        return None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()

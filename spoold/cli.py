@@ -1,0 +1,159 @@
+"""The `spoold` command (SPEC section 6). User mistakes: one line on stderr, exit 2; never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from spoold import __version__
+from spoold.config import Config, load_config
+from spoold.errors import SpooldError
+from spoold.spool import Spool
+
+USER_ERROR = 2
+
+
+def _spool(args: argparse.Namespace, config: Config) -> Spool:
+    return Spool(Path(args.spool) if getattr(args, "spool", None) else config.spool_dir)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from spoold.daemon import Daemon
+    from spoold.logs import setup_logging
+
+    config = load_config(args.config)
+    setup_logging(config.logging.level, config.logging.format)
+    daemon = Daemon(config, args.config)
+    daemon.install_signals()
+    return daemon.run()
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    spool = _spool(args, load_config(args.config) if not args.spool else Config())
+    spool.init()
+    print(f"spool ready at {spool.root} (inbox/ processing/ done/ failed/)")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from spoold.submit import submit
+
+    config = load_config(args.config)
+    spool = _spool(args, config)
+    name = submit(
+        spool, Path(args.file), name=args.name, sidecar_file=Path(args.sidecar) if args.sidecar else None,
+        model=args.model, settings=args.set, handler_names={h.name for h in config.handlers},
+    )  # fmt: skip
+    print(f"submitted {name} -> {spool.inbox / name}.jsonl")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from spoold import status
+
+    config = load_config(args.config)
+    spool = _spool(args, config)
+    rows = status.collect(spool, config.engine.default_model, args.name)
+    if args.name and not rows:
+        raise SpooldError(f"no job named {args.name!r} in {spool.root}")
+    print(status.to_json(rows) if args.json else status.render(rows, spool))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from spoold.validate_cli import validate_command
+
+    config = load_config(args.config)
+    return validate_command(config, Path(args.file), Path(args.sidecar) if args.sidecar else None)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from spoold.profiles import load_profiles, models_report
+    from spoold.tinymodel import ensure_builtin, is_builtin
+
+    config = load_config(args.config)
+    profiles = load_profiles(config.engine.model_dirs)
+    if args.action == "build":
+        built = 0
+        for profile in profiles.values():
+            if is_builtin(profile.model) and (not args.names or profile.name in args.names):
+                print(f"{profile.name}: {ensure_builtin(profile.model, config.engine.state_dir)}")
+                built += 1
+        if not built:
+            raise SpooldError("no built-in model profile matched (try `spoold models`)")
+        return 0
+    print(models_report(profiles, config.engine.state_dir))
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    from spoold.control import requeue
+
+    spool = _spool(args, load_config(args.config))
+    print(f"requeued {requeue(spool, args.name)} -> {spool.inbox}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from spoold.control import cancel
+
+    config = load_config(args.config)
+    print(cancel(_spool(args, config), args.name, config.node))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spoold", description="A directory that is a batch LLM inference queue.")
+    parser.add_argument("--version", action="version", version=f"spoold {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config file (default: $SPOOLD_CONFIG, then /etc/spoold/spoold.yaml)")
+    with_spool = argparse.ArgumentParser(add_help=False, parents=[common])
+    with_spool.add_argument("--spool", help="spool directory (default: spool_dir from the config)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str, spool: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[with_spool if spool else common])
+        p.set_defaults(func=func)
+        return p
+
+    add("run", cmd_run, "run the daemon in the foreground (what systemd starts)", spool=False)
+    p = add("submit", cmd_submit, "drop a job into the inbox safely (temp name, rename; sidecar last)")
+    p.add_argument("file", help="the FILE.jsonl of requests")
+    p.add_argument("--model", help="model profile name or local model directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="sidecar setting, e.g. sampling.max_tokens=64 (repeatable)")
+    p.add_argument("--name", help="job name (default: the file's stem)")
+    p.add_argument("--sidecar", help="sidecar YAML to start from (default: FILE.yaml beside the input, if any)")
+    p = add("status", cmd_status, "queue and progress, per job")
+    p.add_argument("name", nargs="?", help="show only this job")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("validate", cmd_validate, "check a job offline; exits non-zero on fatal problems", spool=False)
+    p.add_argument("file", help="the FILE.jsonl to check")
+    p.add_argument("sidecar", nargs="?", help="its sidecar (default: FILE.yaml beside it, if any)")
+    p = add("models", cmd_models, "list the model profiles (`models build` builds the built-in tiny models)", spool=False)
+    p.add_argument("action", nargs="?", choices=["list", "build"], default="list")
+    p.add_argument("names", nargs="*", help="with build: only these profiles")
+    p = add("requeue", cmd_requeue, "move a failed job back to the inbox")
+    p.add_argument("name")
+    p = add("cancel", cmd_cancel, "stop a queued or running job (results so far are kept)")
+    p.add_argument("name")
+    add("init", cmd_init, "create the spool layout")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpooldError as exc:
+        print(f"spoold {args.command}: {exc}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"spoold {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return USER_ERROR

@@ -1,0 +1,71 @@
+"""`spoold requeue` and `spoold cancel`: operator actions that go through the same states as the daemon."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from spoold.claim import claim
+from spoold.errors import NoSuchJob, SidecarError, SpooldError
+from spoold.finish import JobEnd, finish_job
+from spoold.fsutil import atomic_write_text, fsync_dir
+from spoold.jobdir import JobDir
+from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX
+from spoold.sidecar import Sidecar, parse_sidecar
+from spoold.spool import Spool
+from spoold.states import JobState
+
+
+def requeue(spool: Spool, name: str) -> str:
+    """Move failed/NAME's input and sidecar back into the inbox (sidecar last); the failed attempt is discarded."""
+    found = spool.find(name)
+    if found is None:
+        raise NoSuchJob(f"no job named {name!r} in {spool.root}")
+    state, path = found
+    if state is not JobState.FAILED:
+        raise SpooldError(f"job {name} is in {state.value}/, only failed jobs can be requeued")
+    target, marker = spool.inbox / f"{name}{INPUT_SUFFIX}", spool.inbox / f"{name}{SIDECAR_SUFFIX}"
+    if target.exists() or marker.exists():
+        raise SpooldError(f"a job named {name} is already waiting in the inbox")
+    job = JobDir(path)
+    sidecar_text = job.meta.read_text(encoding="utf-8") if job.meta.exists() else "{}\n"
+    os.rename(job.input, target)
+    fsync_dir(spool.inbox)
+    atomic_write_text(marker, sidecar_text)
+    shutil.rmtree(path)
+    fsync_dir(path.parent)
+    return name
+
+
+def cancel(spool: Spool, name: str, node: str) -> str:
+    """Cancel a queued job at once, or ask the daemon running it to stop. Returns what happened."""
+    found = spool.find(name)
+    if found is None:
+        raise NoSuchJob(f"no job named {name!r} in {spool.root}")
+    state, path = found
+    if state is JobState.PROCESSING:
+        JobDir(path).cancel_marker.touch()
+        fsync_dir(JobDir(path).state)
+        return f"cancel requested: the daemon running {name} stops it at its next step; results so far are kept in done/{name}/"
+    if state is not JobState.INBOX:
+        raise SpooldError(f"job {name} already finished ({state.value}/)")
+    job = claim(spool, name, f"{node}:cli")
+    if job is None:
+        raise SpooldError(f"job {name} was just claimed by a daemon; run `spoold cancel {name}` again to stop it")
+    record = job.load_record()
+    sidecar = _sidecar_or_default(job)
+    final, _ = finish_job(
+        spool.root, job, record, JobEnd("cancelled"), node=f"{node}:cli", model=sidecar.model,
+        metadata=sidecar.metadata, handlers=sidecar.handlers, checkpoint=None, validation=None, chunk_size=None,
+    )  # fmt: skip
+    return f"cancelled {name} before it ran -> {final.path}"
+
+
+def _sidecar_or_default(job: JobDir) -> Sidecar:
+    try:
+        return parse_sidecar(job.meta.read_bytes()) if job.meta.exists() else Sidecar()
+    except (SidecarError, OSError):
+        return Sidecar()
+
+

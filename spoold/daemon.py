@@ -1,0 +1,272 @@
+"""The daemon loop: look at the spool, pick one job, run it, repeat. `tick()` is one step.
+
+Signal handlers only set flags; the loop does the logging, checkpointing and exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from spoold import claim as claims
+from spoold import lease as leases
+from spoold.config import Config, load_config
+from spoold.engine import load_engine
+from spoold.engine.manager import EngineManager, Loader
+from spoold.errors import SidecarError, SpooldError
+from spoold.finish import FinishHooks
+from spoold.jobdir import JobDir
+from spoold.names import SIDECAR_SUFFIX
+from spoold.profiles import load_profiles
+from spoold.readiness import ReadinessTracker, Verdict
+from spoold.runner import JobRunner, Outcome, RunContext
+from spoold.scheduler import Candidate, pick
+from spoold.service import Service
+from spoold.sidecar import parse_sidecar
+from spoold.spool import Spool
+from spoold.states import JobState
+from spoold.watcher import InboxWatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    candidate: Candidate
+    verdict: Verdict | None  # None: a processing/ job to resume
+    job: JobDir | None = None
+    lease: leases.Lease | None = None
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: str | None = None, *, loader: Loader = load_engine, service: Service | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.spool = Spool(config.spool_dir)
+        self.node = config.node
+        self.service = service or Service.create(config)
+        self.profiles = load_profiles(config.engine.model_dirs)
+        self.engines = EngineManager(config, loader, on_change=self.service.model_changed)
+        self.tracker = self._new_tracker()
+        self.wake = threading.Event()
+        self.stop_requested = False
+        self.reload_requested = False
+        self._sidecar_cache: dict[str, tuple[object, Candidate]] = {}
+        self._not_before: dict[str, float] = {}
+        self._watcher: InboxWatcher | None = None
+        self.finish_hooks = FinishHooks()
+        self.service.wire_finish(self.finish_hooks)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True
+        self.wake.set()
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    def start(self) -> None:
+        problem = self.spool.check()
+        if problem:
+            raise SpooldError(problem)
+        for job in claims.recover_claims(self.spool, self.node, self.config.lease_seconds):
+            log.info("recovered claim of %s", job.name, extra={"job": job.name})
+        self._watcher = InboxWatcher(self.spool.inbox, self.config.watch.mode, self.config.watch.poll_interval, self.wake)
+        self._watcher.start()
+        self.service.start(self.spool)
+        log.info("spoold ready on %s (node %s, backend %s)", self.spool.root, self.node, self.config.engine.backend)
+        self.service.ready()
+
+    def run(self) -> int:
+        self.start()
+        try:
+            while not self.stop_requested:
+                worked = self.tick()
+                if not worked and not self.stop_requested:
+                    self.service.beat("idle: waiting for jobs" if not self.service.paused_reason else self.service.paused_reason)
+                    self.wake.wait(min(self.config.watch.poll_interval, self._beat_interval()))
+                    self.wake.clear()
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        self.service.stopping()
+        log.info("stopping")
+        if self._watcher:
+            self._watcher.stop()
+        self.engines.unload()
+        self.service.stop()
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> bool:
+        """Look once, run at most one job (to its end, stop or retry). True if a job was run."""
+        if self.reload_requested:
+            self._reload()
+        now = time.time() if now is None else now
+        self.engines.unload_if_idle()
+        self.service.refresh(self.spool)
+        if self.service.paused_reason:
+            return False
+        choice = self._choose(now)
+        if choice is None:
+            return False
+        return self._run(choice, now)
+
+    def _choose(self, now: float) -> _Ready | None:
+        resumable = self._resumable(now)
+        ready = resumable or self._inbox_ready(now)
+        by_name = {r.candidate.name: r for r in ready}
+        chosen = pick([r.candidate for r in ready], self.engines.loaded_model, now, self.config.engine.model_switch_after)
+        return by_name[chosen.name] if chosen else None
+
+    def _run(self, choice: _Ready, now: float) -> bool:
+        name = choice.candidate.name
+        fail_reason = None
+        if choice.verdict is None:
+            job, lease = choice.job, leases.acquire(choice.job, self.node, choice.lease)
+            if job is None or lease is None:
+                return False  # another daemon took it over first
+            log.info("resuming %s", job.name, extra={"job": job.name})
+        else:
+            job = claims.claim(self.spool, name, self.node)
+            self.tracker.forget(name)
+            if job is None:
+                return False  # another daemon won the claim
+            lease = leases.current(job)
+            if choice.verdict is Verdict.NO_SIDECAR:
+                fail_reason = f"no sidecar {name}{SIDECAR_SUFFIX} arrived within {self.config.watch.orphan_seconds:g} s (watch.require_sidecar is on)"
+        ctx = RunContext(
+            config=self.config, node=self.node, spool_root=self.spool.root, profiles=self.profiles,
+            engines=self.engines, hooks=self.service.run_hooks(lambda: self.stop_requested),
+            finish_hooks=self.finish_hooks, handler_names={h.name for h in self.config.handlers},
+        )  # fmt: skip
+        started = time.monotonic()
+        try:
+            outcome = JobRunner(ctx, job, lease).run(fail_reason)
+        except leases.LeaseLost as exc:
+            log.error("%s", exc, extra={"job": job.name})
+            return True
+        except Exception:  # a bug, not a user mistake: keep the daemon up, back off this job
+            log.exception("unexpected error running %s; it will be retried", job.name, extra={"job": job.name})
+            self._not_before[job.name] = time.time() + 30
+            return True
+        if outcome in (Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED):
+            self.service.job_done(outcome.value, time.monotonic() - started)
+        return True
+
+    # ---- candidates --------------------------------------------------------------------------
+
+    def _resumable(self, now: float) -> list[_Ready]:
+        """processing/ jobs this node left behind, or whose owner's lease went stale."""
+        found = []
+        for job in self.spool.jobs(JobState.PROCESSING):
+            if self._not_before.get(job.name, 0) > now:
+                continue
+            current = leases.current(job)
+            mine = current is not None and current.node == self.node
+            if not mine and not leases.is_stale(current, leases_mtime(job), now, self.config.lease_seconds):
+                continue
+            try:
+                record = job.load_record()
+            except (OSError, ValueError):
+                continue
+            if record.retry_after > now:
+                continue
+            cand = self._peek(job.name, job.meta, record.claimed_at)
+            found.append(_Ready(cand, None, job, current))
+        return found
+
+    def _inbox_ready(self, now: float) -> list[_Ready]:
+        verdicts = self.tracker.observe(self.spool.scan_inbox(), now)
+        ready = []
+        for name, verdict in verdicts.items():
+            jsonl = self.spool.inbox / f"{name}.jsonl"
+            try:
+                queued_at = jsonl.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            cand = self._peek(name, self.spool.inbox / f"{name}{SIDECAR_SUFFIX}", queued_at)
+            if verdict is Verdict.NO_SIDECAR:
+                cand = Candidate(name, cand.priority, queued_at, None)  # fails fast, no engine
+            ready.append(_Ready(cand, verdict))
+        return ready
+
+    def _peek(self, name: str, sidecar_path: Path, queued_at: float) -> Candidate:
+        """Priority and model from a sidecar (cached by its stat); model None if it will fail."""
+        try:
+            st = sidecar_path.stat()
+            key: object = (str(sidecar_path), st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            return Candidate(name, 0, queued_at, self.config.engine.default_model)
+        cached = self._sidecar_cache.get(name)
+        if cached and cached[0] == key:
+            return Candidate(name, cached[1].priority, queued_at, cached[1].model)
+        try:
+            sidecar = parse_sidecar(sidecar_path.read_bytes(), {h.name for h in self.config.handlers})
+            cand = Candidate(name, sidecar.priority, queued_at, sidecar.model or self.config.engine.default_model)
+        except (SidecarError, OSError):
+            cand = Candidate(name, 0, queued_at, None)
+        if len(self._sidecar_cache) > 10000:
+            self._sidecar_cache.clear()
+        self._sidecar_cache[name] = (key, cand)
+        return cand
+
+    # ---- reload ------------------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        self.reload_requested = False
+        self.service.reloading()
+        try:
+            new = load_config(self.config_path)
+            if new.spool_dir != self.config.spool_dir or new.node != self.node:
+                log.warning("spool_dir and node_id changes need a restart; keeping %s as %s", self.spool.root, self.node)
+                new = new.model_copy(update={"spool_dir": self.config.spool_dir, "node_id": self.config.node_id})
+            self.profiles = load_profiles(new.engine.model_dirs)
+        except SpooldError as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+        else:
+            self.config = new
+            self.engines.config = new
+            self.tracker = self._new_tracker()
+            self.service.reconfigure(new)
+            log.info("configuration reloaded from %s", self.config_path or "defaults")
+        self.service.ready()
+
+    def _new_tracker(self) -> ReadinessTracker:
+        w = self.config.watch
+        return ReadinessTracker(settle=w.settle_seconds, orphan=w.orphan_seconds, require_sidecar=w.require_sidecar)
+
+    def _beat_interval(self) -> float:
+        interval = self.service.watchdog_interval
+        return interval / 2 if interval else 60.0
+
+
+def leases_mtime(job: JobDir) -> float:
+    try:
+        return job.state.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
+
+
+def run_daemon(config_path: str | None) -> int:
+    """`spoold run`: what systemd starts."""
+    config = load_config(config_path)
+    daemon = Daemon(config, config_path)
+    daemon.install_signals()
+    log.debug("pid %d", os.getpid())
+    return daemon.run()

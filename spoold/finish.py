@@ -1,0 +1,89 @@
+"""Ending a job: final batch.json, then one rename to done/ or failed/, then the handlers hear of it.
+
+Order matters for crash safety: batch.json (and the planned handler runs) are
+committed inside processing/ first, so whatever directory the job is found
+in, its batch.json is final and its handler runs are on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spoold.batch import build_batch
+from spoold.checkpoint import Checkpoint
+from spoold.fsutil import atomic_write_json
+from spoold.jobdir import JobDir, JobRecord
+from spoold.states import JobState, move_job
+from spoold.validate import ValidationSummary
+
+log = logging.getLogger(__name__)
+
+FinishedHook = Callable[[JobDir, dict[str, Any], list[str] | None], None]
+
+
+@dataclass
+class FinishHooks:
+    """What happens around the final rename; the daemon wires handlers and metrics here."""
+
+    before_move: list[FinishedHook] = field(default_factory=list)
+    after_move: list[FinishedHook] = field(default_factory=list)
+
+
+@dataclass
+class JobEnd:
+    status: str  # completed | failed | cancelled
+    reason: str | None = None
+    line_errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+def finish_job(
+    spool_root: Path,
+    job: JobDir,
+    record: JobRecord,
+    end: JobEnd,
+    *,
+    node: str,
+    model: str | None,
+    metadata: dict[str, str],
+    handlers: list[str] | None,
+    checkpoint: Checkpoint | None,
+    validation: ValidationSummary | None,
+    chunk_size: int | None,
+    hooks: FinishHooks | None = None,
+) -> tuple[JobDir, dict[str, Any]]:
+    hooks = hooks or FinishHooks()
+    record.status = end.status
+    record.finished_at = time.time()
+    record.open_attempt = False
+    record.failure_reason = end.reason if end.status == "failed" else None
+    job.save_record(record)
+    errors = None
+    if end.status == "failed":
+        errors = [{"code": "job_failed", "message": end.reason or "the job failed", "line": None}, *end.line_errors]
+    batch = build_batch(
+        record, end.status, node=node, model=model, metadata=metadata, checkpoint=checkpoint,
+        validation=validation, chunk_size=chunk_size, errors=errors,
+    )  # fmt: skip
+    for path in (job.output, job.errors):
+        path.touch(exist_ok=True)  # a finished job always has both files
+    atomic_write_json(job.batch, batch)
+    for hook in hooks.before_move:
+        hook(job, batch, handlers)
+    target = JobState.FAILED if end.status == "failed" else JobState.DONE
+    final = JobDir(move_job(spool_root, job.path, JobState.PROCESSING, target))
+    if end.status == "failed":
+        log.error("job %s failed: %s", final.name, end.reason, extra={"job": final.name})
+    else:
+        counts = batch["request_counts"]
+        log.info(
+            "job %s %s: %d succeeded, %d failed -> %s", final.name, end.status,
+            counts["completed"], counts["failed"], final.path, extra={"job": final.name},
+        )  # fmt: skip
+    for hook in hooks.after_move:
+        hook(final, batch, handlers)
+    return final, batch

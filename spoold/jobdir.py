@@ -1,0 +1,83 @@
+"""A job directory's files, and its durable record (`.spoold/job.json`).
+
+The user-facing files are those of SPEC section 5; spoold's own state lives in
+the hidden `.spoold/` folder beside them and travels with the job to done/.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from spoold.fsutil import atomic_write_json, read_json
+
+STATE_DIR = ".spoold"
+
+
+class JobRecord(BaseModel):
+    """Facts about a job that outlive any one daemon run."""
+
+    id: str
+    name: str
+    original_name: str
+    created_at: int
+    claimed_at: float
+    claimed_by: str
+    in_progress_at: float | None = None
+    finished_at: float | None = None
+    status: str = "validating"
+    failures: int = 0
+    """Engine failures and unclean ends (kill -9, OOM) of runs of this job."""
+    open_attempt: bool = False
+    """True while a run is under way; still true on the next start means that run died."""
+    last_error: str | None = None
+    retry_after: float = 0.0
+    no_sidecar: bool = False
+    run_seconds: float = 0.0
+    failure_reason: str | None = None
+
+    @classmethod
+    def new(cls, name: str, original_name: str, node: str, created_at: float) -> JobRecord:
+        return cls(
+            id=f"batch_{uuid.uuid4().hex}",
+            name=name,
+            original_name=original_name,
+            created_at=int(created_at),
+            claimed_at=time.time(),
+            claimed_by=node,
+        )
+
+
+class JobDir:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    input = property(lambda self: self.path / "input.jsonl")
+    meta = property(lambda self: self.path / "meta.yaml")
+    output = property(lambda self: self.path / "output.jsonl")
+    errors = property(lambda self: self.path / "errors.jsonl")
+    batch = property(lambda self: self.path / "batch.json")
+    state = property(lambda self: self.path / STATE_DIR)
+    record_path = property(lambda self: self.state / "job.json")
+    checkpoint = property(lambda self: self.state / "checkpoint.json")
+    validation = property(lambda self: self.state / "validation.json")
+    cancel_marker = property(lambda self: self.state / "cancel")
+
+    def load_record(self) -> JobRecord:
+        return JobRecord.model_validate(read_json(self.record_path))
+
+    def save_record(self, record: JobRecord) -> None:
+        atomic_write_json(self.record_path, record.model_dump())
+
+    def cancel_requested(self) -> bool:
+        return self.cancel_marker.exists()
+
+    def __repr__(self) -> str:
+        return f"JobDir({str(self.path)!r})"

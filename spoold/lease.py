@@ -1,0 +1,90 @@
+"""Who works on a processing/ job: a lease the owner renews and others take over when stale.
+
+Leases are numbered files `.spoold/lease.<gen>.json`; the highest number
+holds. Taking over generation N means creating N+1 exclusively (a hard link,
+which NFS honours too), so of several daemons that see the same stale lease
+exactly one wins. An owner that finds a higher generation when it renews has
+lost the job and stops working on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from pydantic import BaseModel, ValidationError
+
+from spoold.fsutil import atomic_write_json, fsync_dir, read_json
+from spoold.jobdir import JobDir
+
+_LEASE = re.compile(r"^lease\.(\d+)\.json$")
+
+
+class Lease(BaseModel):
+    node: str
+    pid: int
+    renewed_at: float
+    gen: int = 0
+
+
+class LeaseLost(Exception):
+    """Another daemon took this job over (we were thought dead): stop touching it."""
+
+
+def current(job: JobDir) -> Lease | None:
+    gens = _generations(job)
+    if not gens:
+        return None
+    gen = max(gens)
+    try:
+        lease = Lease.model_validate(read_json(job.state / f"lease.{gen}.json"))
+    except (FileNotFoundError, ValueError, ValidationError):
+        return Lease(node="?", pid=0, renewed_at=0.0, gen=gen)
+    lease.gen = gen
+    return lease
+
+
+def is_stale(lease: Lease | None, job_mtime: float, now: float, lease_seconds: float) -> bool:
+    """Pure. A missing lease counts from the job directory's mtime (a claim that died half-way)."""
+    last = lease.renewed_at if lease else job_mtime
+    return now - last > lease_seconds
+
+
+def acquire(job: JobDir, node: str, seen: Lease | None) -> Lease | None:
+    """Take the job over from `seen` (None: nobody); returns our lease, or None if another daemon won."""
+    gen = (seen.gen if seen else 0) + 1
+    lease = Lease(node=node, pid=os.getpid(), renewed_at=time.time(), gen=gen)
+    tmp = job.state / f".lease.{gen}.{node}.{os.getpid()}.tmp"
+    atomic_write_json(tmp, lease.model_dump())
+    try:
+        os.link(tmp, job.state / f"lease.{gen}.json")
+    except FileExistsError:
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(job.state)
+    latest = current(job)
+    if latest is None or latest.gen != gen or latest.node != node:
+        return None  # believe the disk, not the return code
+    for old in _generations(job):
+        if old < gen:
+            (job.state / f"lease.{old}.json").unlink(missing_ok=True)
+    return lease
+
+
+def renew(job: JobDir, lease: Lease) -> Lease:
+    """Refresh our lease; raises LeaseLost if a newer generation exists."""
+    if max(_generations(job), default=0) > lease.gen:
+        raise LeaseLost(f"job {job.name} was taken over by another daemon")
+    fresh = lease.model_copy(update={"renewed_at": time.time()})
+    atomic_write_json(job.state / f"lease.{lease.gen}.json", fresh.model_dump())
+    return fresh
+
+
+def _generations(job: JobDir) -> list[int]:
+    try:
+        names = os.listdir(job.state)
+    except FileNotFoundError:
+        return []
+    return [int(m.group(1)) for m in map(_LEASE.match, names) if m]

@@ -1,0 +1,356 @@
+"""Run one claimed job: validate, feed the engine a rolling window, checkpoint every chunk, finish.
+
+The engine is never drained at a chunk boundary: a checkpoint commits the
+records finished so far while the window stays full (see checkpoint.py for
+how out-of-order completion is recorded).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+from spoold import lease as leases
+from spoold.batch import build_batch
+from spoold.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
+from spoold.config import Config
+from spoold.engine.base import Engine, EngineFailure, EngineRequest, EngineResult, ModelLoadError
+from spoold.engine.manager import EngineManager
+from spoold.errors import SidecarError, UnknownModel
+from spoold.finish import FinishHooks, JobEnd, finish_job
+from spoold.fsutil import atomic_write_json, read_json
+from spoold.jobdir import JobDir, JobRecord
+from spoold.lines import LineError, parse_line
+from spoold.profiles import ModelProfile, resolve_model
+from spoold.reader import read_lines
+from spoold.records import error_record, success_record
+from spoold.sidecar import Sidecar, parse_sidecar
+from spoold.validate import ValidationSummary, duplicate_error, fatal_reason, validate_file
+from spoold.writer import ResultWriter
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(str, Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    STOPPED = "stopped"  # daemon stopping: checkpointed, resumes on the next start
+    RETRY = "retry"  # engine failed; below max_attempts, run again later
+    LOST = "lost"  # another daemon took the lease
+
+
+class RunHooks(Protocol):
+    def should_stop(self) -> bool: ...
+    def beat(self, status: str) -> None: ...
+    def chunk_committed(self, seconds: float, succeeded: int, failed: int, prompt_tokens: int, completion_tokens: int) -> None: ...
+
+
+@dataclass
+class RunContext:
+    config: Config
+    node: str
+    spool_root: Path
+    profiles: dict[str, ModelProfile]
+    engines: EngineManager
+    hooks: RunHooks
+    finish_hooks: FinishHooks = field(default_factory=FinishHooks)
+    handler_names: set[str] | None = None
+
+
+@dataclass
+class _Tally:
+    succeeded: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class JobRunner:
+    def __init__(self, ctx: RunContext, job: JobDir, lease: leases.Lease, now: Callable[[], float] = time.monotonic) -> None:
+        self.ctx, self.job, self.lease, self._now = ctx, job, lease, now
+        self.record: JobRecord = job.load_record()
+        self.sidecar = Sidecar()
+        self.model: str | None = None
+        self.validation: ValidationSummary | None = None
+        self.checkpoint: Checkpoint | None = None
+        self._last_renew = now()
+        self._last_cancel_check = now()
+        self._rate: float | None = None
+
+    # ---- the whole job ---------------------------------------------------------------------
+
+    def run(self, fail_reason: str | None = None) -> Outcome:
+        rec, cfg = self.record, self.ctx.config
+        if rec.open_attempt:
+            rec.failures += 1
+            rec.last_error = "the previous run ended without a clean stop (crash, kill or power loss)"
+        try:
+            self.sidecar = self._load_sidecar()
+            self.model = self.sidecar.model or cfg.engine.default_model
+            profile = resolve_model(self.model, self.ctx.profiles)
+        except (SidecarError, UnknownModel) as exc:
+            return self._end(JobEnd("failed", str(exc)))
+        if fail_reason:
+            return self._end(JobEnd("failed", fail_reason))
+        if self.job.cancel_requested():
+            return self._end(JobEnd("cancelled"))
+        if rec.failures >= cfg.engine.max_attempts:
+            return self._end(JobEnd("failed", f"the engine failed on this job {rec.failures} times (last: {rec.last_error})"))
+        rec.open_attempt = True
+        self.job.save_record(rec)
+        self.validation = self._validation()
+        reason = fatal_reason(self.validation, self.sidecar.max_error_ratio)
+        if reason:
+            self._write_line_errors_only()
+            listed = [e.model_dump() for e in self.validation.errors]
+            return self._end(JobEnd("failed", reason, listed))
+        return self._infer(profile)
+
+    def _infer(self, profile: ModelProfile) -> Outcome:
+        rec = self.record
+        self._beat(f"loading model {profile.name} for {self.job.name}")
+        try:
+            engine = self.ctx.engines.get(profile)
+        except ModelLoadError as exc:
+            return self._engine_failed(f"model {profile.name} failed to load: {exc}")
+        if rec.in_progress_at is None:
+            rec.in_progress_at = time.time()
+        rec.status = "in_progress"
+        self.job.save_record(rec)
+        started = self._now()
+        try:
+            outcome = self._process(engine)
+        except JobCorrupt as exc:
+            return self._end(JobEnd("failed", str(exc)))
+        except EngineFailure as exc:
+            self._commit()  # what finished before the failure is good: keep it
+            self.ctx.engines.unload()
+            return self._engine_failed(f"engine error: {exc}")
+        finally:
+            rec.run_seconds += self._now() - started
+        if outcome is Outcome.STOPPED:
+            rec.open_attempt = False
+            self.job.save_record(rec)
+            log.info("stopped %s at line %d; it resumes from its checkpoint", self.job.name, self.checkpoint.next_line if self.checkpoint else 1, extra={"job": self.job.name})
+            return outcome
+        if outcome is Outcome.LOST:
+            return outcome
+        return self._end(JobEnd(outcome.value))
+
+    # ---- inference loop ---------------------------------------------------------------------
+
+    def _process(self, engine: Engine) -> Outcome:
+        cfg = self.ctx.config
+        ckpt = self.checkpoint = load_checkpoint(self.job.checkpoint)
+        try:
+            self._writer = ResultWriter(self.job, ckpt.output_bytes, ckpt.errors_bytes)
+        except ValueError as exc:
+            raise JobCorrupt(f"results do not match the checkpoint, they cannot be trusted: {exc}") from None
+        self._progress = Progress(ckpt)
+        self._tally = _Tally()
+        self._chunk_started = self._now()
+        chunk_size = self._chunk_size()
+        window = cfg.engine.window
+        duplicates = set(self.validation.duplicates if self.validation else [])
+        lines = read_lines(self.job.input, ckpt.next_offset, ckpt.next_line)
+        exhausted = False
+        engine.abort_all()  # a previous job's leftovers must never leak into this one
+        try:
+            while True:
+                stop = self._interrupted()
+                if stop is not None:
+                    engine.abort_all()
+                    if stop is Outcome.LOST:
+                        return stop
+                    self._commit()
+                    return stop
+                while not exhausted and engine.in_flight() < window:
+                    raw = next(lines, None)
+                    if raw is None:
+                        exhausted = True
+                        break
+                    self._progress.read(raw.number, raw.end)
+                    if self._progress.already_done(raw.number):
+                        continue
+                    parsed = parse_line(raw.data, raw.number, self.model or "", unterminated=raw.unterminated)
+                    if parsed is None:
+                        continue
+                    if not isinstance(parsed, LineError) and raw.number in duplicates:
+                        parsed = duplicate_error(raw.number, parsed.custom_id)
+                    if isinstance(parsed, LineError):
+                        self._record_error(parsed)
+                        continue
+                    request = EngineRequest(parsed.line, parsed.custom_id, parsed.kind, {**self.sidecar.sampling, **parsed.body})
+                    rejected = engine.add(request)
+                    if rejected is not None:
+                        self._record_result(rejected)
+                    else:
+                        self._progress.dispatched(raw.number, raw.offset)
+                if engine.in_flight():
+                    for result in engine.step():
+                        self._record_result(result)
+                elif exhausted:
+                    break
+                if self._writer.pending >= chunk_size:
+                    self._commit()
+                self._beat(self._status_line())
+        finally:
+            lines.close()
+        self._commit()
+        return Outcome.COMPLETED
+
+    def _record_error(self, error: LineError) -> None:
+        self._writer.add(error_record(error.custom_id, error.line, error.code, error.message))
+        self._tally.failed += 1
+        self._done(error.line)
+
+    def _record_result(self, result: EngineResult) -> None:
+        if result.error is not None or result.body is None:
+            code, message = (result.error.code, result.error.message) if result.error else ("engine_error", "no response")
+            self._writer.add(error_record(result.custom_id, result.line, code, message))
+            self._tally.failed += 1
+        else:
+            self._writer.add(success_record(result.custom_id, result.body))
+            self._tally.succeeded += 1
+            self._tally.prompt_tokens += result.prompt_tokens
+            self._tally.completion_tokens += result.completion_tokens
+        self._done(result.line)
+
+    def _done(self, line: int) -> None:
+        self._progress.finished(line)
+        if self._writer.pending >= self._chunk_size():
+            self._commit()
+
+    def _commit(self) -> None:
+        """Append + fsync the finished records, then commit the checkpoint that names their length."""
+        self._renew_lease(force=True)
+        if self._writer.pending == 0 and self.checkpoint and self._progress.low_water()[0] == self.checkpoint.next_line:
+            return
+        output_bytes, errors_bytes = self._writer.flush()
+        line, offset, done_above = self._progress.commit_view()
+        old, tally = self.checkpoint or Checkpoint(), self._tally
+        self.checkpoint = Checkpoint(
+            next_line=line, next_offset=offset, done_above=done_above,
+            output_bytes=output_bytes, errors_bytes=errors_bytes,
+            succeeded=old.succeeded + tally.succeeded, failed=old.failed + tally.failed,
+            prompt_tokens=old.prompt_tokens + tally.prompt_tokens,
+            completion_tokens=old.completion_tokens + tally.completion_tokens,
+            chunks=old.chunks + 1,
+        )  # fmt: skip
+        save_checkpoint(self.job.checkpoint, self.checkpoint)
+        seconds = max(self._now() - self._chunk_started, 1e-9)
+        self._rate = (tally.succeeded + tally.failed) / seconds
+        self.ctx.hooks.chunk_committed(seconds, tally.succeeded, tally.failed, tally.prompt_tokens, tally.completion_tokens)
+        self._tally = _Tally()
+        self._chunk_started = self._now()
+        self._write_live_batch("in_progress")
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _interrupted(self) -> Outcome | None:
+        if self.ctx.hooks.should_stop():
+            return Outcome.STOPPED
+        now = self._now()
+        if now - self._last_cancel_check >= 1.0:
+            self._last_cancel_check = now
+            if self.job.cancel_requested():
+                log.info("cancelling %s as asked", self.job.name, extra={"job": self.job.name})
+                return Outcome.CANCELLED
+        try:
+            self._renew_lease()
+        except leases.LeaseLost as exc:
+            log.error("%s; leaving it to its new owner", exc, extra={"job": self.job.name})
+            return Outcome.LOST
+        return None
+
+    def _renew_lease(self, force: bool = False) -> None:
+        now = self._now()
+        if force or now - self._last_renew >= self.ctx.config.lease_seconds / 3:
+            self.lease = leases.renew(self.job, self.lease)
+            self._last_renew = now
+
+    def _beat(self, status: str) -> None:
+        self.ctx.hooks.beat(status)
+
+    def _status_line(self) -> str:
+        ckpt = self.checkpoint or Checkpoint()
+        total = self.validation.lines if self.validation else 0
+        chunks = -(-total // self._chunk_size()) if total else 0
+        rate = f", {self._rate:.1f} req/s" if self._rate else ""
+        return f"{self.job.name}: chunk {min(ckpt.chunks + 1, max(chunks, 1))}/{chunks}, {ckpt.records}/{total} lines{rate}, model {self.model}"
+
+    def _chunk_size(self) -> int:
+        return self.sidecar.chunk_size or self.ctx.config.chunk_size
+
+    def _load_sidecar(self) -> Sidecar:
+        if not self.job.meta.exists():
+            return Sidecar()
+        try:
+            text = self.job.meta.read_bytes()
+        except OSError as exc:
+            raise SidecarError(f"cannot read the sidecar: {exc.strerror}") from None
+        return parse_sidecar(text, self.ctx.handler_names)
+
+    def _validation(self) -> ValidationSummary:
+        if self.job.validation.exists():
+            return ValidationSummary.model_validate(read_json(self.job.validation))
+        self._beat(f"validating {self.job.name}")
+        self._write_live_batch("validating")
+        summary = validate_file(self.job.input, self.model or "")
+        atomic_write_json(self.job.validation, summary.model_dump())
+        log.info("validated %s: %d requests, %d invalid", self.job.name, summary.lines, summary.invalid, extra={"job": self.job.name})
+        return summary
+
+    def _write_line_errors_only(self) -> None:
+        """A job failing as a whole still lists each bad line in errors.jsonl."""
+        writer = ResultWriter(self.job, 0, 0)
+        failed = 0
+        duplicates = set(self.validation.duplicates if self.validation else [])
+        for raw in read_lines(self.job.input):
+            parsed = parse_line(raw.data, raw.number, self.model or "", unterminated=raw.unterminated)
+            if parsed is not None and not isinstance(parsed, LineError) and raw.number in duplicates:
+                parsed = duplicate_error(raw.number, parsed.custom_id)
+            if isinstance(parsed, LineError):
+                writer.add(error_record(parsed.custom_id, parsed.line, parsed.code, parsed.message))
+                failed += 1
+        writer.flush()
+        self.checkpoint = Checkpoint(failed=failed, errors_bytes=writer.errors_bytes)
+
+    def _write_live_batch(self, status: str) -> None:
+        batch = build_batch(
+            self.record, status, node=self.ctx.node, model=self.model, metadata=self.sidecar.metadata,
+            checkpoint=self.checkpoint, validation=self.validation, chunk_size=self._chunk_size(), rate=self._rate,
+        )  # fmt: skip
+        atomic_write_json(self.job.batch, batch)
+
+    def _engine_failed(self, message: str) -> Outcome:
+        rec = self.record
+        rec.failures += 1
+        rec.last_error = message
+        rec.open_attempt = False
+        log.error("%s (attempt %d of %d) for %s", message, rec.failures, self.ctx.config.engine.max_attempts, self.job.name, extra={"job": self.job.name})
+        if rec.failures >= self.ctx.config.engine.max_attempts:
+            return self._end(JobEnd("failed", f"{message} (after {rec.failures} attempts)"))
+        rec.retry_after = time.time() + min(300.0, 5.0 * 2 ** (rec.failures - 1))
+        self.job.save_record(rec)
+        return Outcome.RETRY
+
+    def _end(self, end: JobEnd) -> Outcome:
+        if self.checkpoint is None and self.job.checkpoint.exists():
+            self.checkpoint = load_checkpoint(self.job.checkpoint)
+        finish_job(
+            self.ctx.spool_root, self.job, self.record, end, node=self.ctx.node, model=self.model,
+            metadata=self.sidecar.metadata, handlers=self.sidecar.handlers, checkpoint=self.checkpoint,
+            validation=self.validation, chunk_size=self._chunk_size(), hooks=self.ctx.finish_hooks,
+        )  # fmt: skip
+        return Outcome(end.status)
+
+
+class JobCorrupt(Exception):
+    """The job's own files are inconsistent (results shorter than the checkpoint says): no retry helps."""

@@ -1,0 +1,108 @@
+"""What the daemon tells the outside world: systemd (notify), Prometheus, GPU health, handlers.
+
+One facade so the daemon loop stays thin and each concern stays in its module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from spoold import __version__
+from spoold.config import Config
+from spoold.finish import FinishHooks
+from spoold.metrics import Metrics, effective_listen
+from spoold.notify import Notifier
+from spoold.spool import Spool
+
+log = logging.getLogger(__name__)
+
+SPOOL_REFRESH_SECONDS = 5.0
+
+
+class _RunHooks:
+    """The runner's view of the service: watchdog/STATUS beats, stop flag, chunk metrics."""
+
+    def __init__(self, service: Service, should_stop: Callable[[], bool]) -> None:
+        self._service, self._should_stop = service, should_stop
+
+    def should_stop(self) -> bool:
+        return self._should_stop()
+
+    def beat(self, status: str) -> None:
+        self._service.beat(status)
+
+    def chunk_committed(self, seconds: float, succeeded: int, failed: int, prompt_tokens: int, completion_tokens: int) -> None:
+        metrics = self._service.metrics
+        metrics.chunk_done(seconds)
+        metrics.requests(succeeded, failed)
+        metrics.tokens(prompt_tokens, completion_tokens)
+
+
+class Service:
+    def __init__(self, config: Config, notifier: Notifier, metrics: Metrics) -> None:
+        self.config = config
+        self.notifier = notifier
+        self.metrics = metrics
+        self.paused_reason: str | None = None
+        self._last_refresh = 0.0
+
+    @classmethod
+    def create(cls, config: Config) -> Service:
+        return cls(config, Notifier.from_env(), Metrics(__version__))
+
+    @property
+    def watchdog_interval(self) -> float | None:
+        return self.notifier.watchdog_interval
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, spool: Spool) -> None:
+        self.metrics.start_server(effective_listen(self.config.metrics.listen))
+        self.metrics.update_spool(spool.root)
+
+    def ready(self) -> None:
+        self.notifier.ready("idle: waiting for jobs")
+
+    def reloading(self) -> None:
+        self.notifier.reloading()
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+
+    def stopping(self) -> None:
+        self.notifier.stopping("stopping: checkpointing and exiting")
+
+    def stop(self) -> None:
+        self.metrics.stop_server()
+        self.notifier.close()
+
+    # ---- while running -----------------------------------------------------------------------
+
+    def beat(self, status: str) -> None:
+        """Called from the work loop only: a hung loop stops the watchdog pings."""
+        self.notifier.status(status)
+        self.notifier.watchdog()
+
+    def run_hooks(self, should_stop: Callable[[], bool]) -> _RunHooks:
+        return _RunHooks(self, should_stop)
+
+    def refresh(self, spool: Spool) -> None:
+        now = time.monotonic()
+        if now - self._last_refresh < SPOOL_REFRESH_SECONDS:
+            return
+        self._last_refresh = now
+        self.metrics.update_spool(spool.root)
+
+    def model_changed(self, model: str | None, load_seconds: float | None) -> None:
+        self.metrics.model_loaded(model)
+        if load_seconds is not None:
+            self.metrics.model_load_seconds(load_seconds)
+
+    def job_done(self, outcome: str, seconds: float) -> None:
+        self.metrics.job_finished(outcome, seconds)
+        self._last_refresh = 0.0
+
+    def wire_finish(self, hooks: FinishHooks) -> None:
+        """Handlers are planned before a finished job leaves processing/ and woken after."""

@@ -1,0 +1,76 @@
+"""NAME.yaml (SPEC section 3): per-job settings. Unknown keys are an error: typos must not pass."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from spoold.errors import SidecarError, describe_validation_error, yaml_problem
+
+# OpenAI body keys a sidecar may default for every request of the job.
+SAMPLING_KEYS = frozenset(
+    {
+        "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "n",
+        "stop", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",
+        "logprobs", "top_logprobs", "ignore_eos", "response_format", "min_tokens",
+    }
+)  # fmt: skip
+
+
+def _stringify(value: Any) -> Any:
+    """metadata is a string map; `year: 2026` in YAML should not be a user error."""
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        elif isinstance(item, (int, float)):
+            item = str(item)
+        out[str(key)] = item
+    return out
+
+
+class Sidecar(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    sampling: dict[str, Any] = {}
+    chunk_size: int | None = Field(None, ge=1)
+    priority: int = 0
+    handlers: list[str] | None = None
+    max_error_ratio: float | None = Field(None, ge=0, le=1)
+    metadata: Annotated[dict[str, str], BeforeValidator(_stringify)] = {}
+
+    @field_validator("sampling")
+    @classmethod
+    def _known_sampling(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - SAMPLING_KEYS)
+        if unknown:
+            raise ValueError(f"unknown sampling key(s) {', '.join(unknown)}")
+        return value
+
+
+def parse_sidecar(text: str | bytes, handler_names: set[str] | None = None) -> Sidecar:
+    """Parse and check a sidecar; `handler_names` are the configured handlers it may pick."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SidecarError(f"sidecar is not valid YAML ({yaml_problem(exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SidecarError("sidecar must be a YAML mapping (key: value lines)")
+    try:
+        sidecar = Sidecar.model_validate(data)
+    except ValidationError as exc:
+        raise SidecarError(f"invalid sidecar: {describe_validation_error(exc)}") from None
+    if handler_names is not None and sidecar.handlers:
+        unknown = [h for h in sidecar.handlers if h not in handler_names]
+        if unknown:
+            known = ", ".join(sorted(handler_names)) or "none configured"
+            raise SidecarError(f"invalid sidecar: unknown handler(s) {', '.join(unknown)} (configured: {known})")
+    return sidecar
+

@@ -1,0 +1,197 @@
+"""The embedded models: tiny random-weight Llamas that spoold builds itself.
+
+They exist so that the demo and the tests run real vLLM inference on any CPU
+with nothing downloaded. The output is gibberish, but it is real generation:
+real tokenizer, chat template, sampling, stop strings, token counts.
+
+A build is deterministic (fixed seed -> the same weights and tokenizer),
+atomic (built in a temporary directory, renamed into place) and idempotent (a
+second call returns the directory already built).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_SEEDS: dict[str, int] = {"tiny-random": 0, "tiny-random-b": 1}
+"""Built-in model names and the seed each is built from (a second model for model-switch tests)."""
+
+MARKER = "spoold-tiny.json"
+"""Written last inside the build; its presence means the build is complete."""
+
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+VOCAB_SIZE = 1024
+MAX_POSITIONS = 2048
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+# Written for spoold (plain, varied English so BPE learns useful merges).
+_CORPUS = """\
+A spool directory is a simple queue. Files arrive in the inbox, a daemon claims
+them by renaming them, works through them in chunks, and moves the results to
+done or failed. Nothing is lost when the power goes out, because every step is
+written to disk before the next one starts.
+The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor
+jugs. How vexingly quick daft zebras jump! Sphinx of black quartz, judge my vow.
+Numbers matter too: 0 1 2 3 4 5 6 7 8 9, 10, 42, 100, 256, 1024, 3.14, 2026-11-05.
+Questions and answers: What is the capital of France? Paris. Who wrote the
+report? The team did. Summarise the review in one sentence, please.
+Customers wrote that the product was good, bad, fast, slow, cheap or expensive;
+some asked for a refund, others for a new feature, and a few only said thanks.
+JSON looks like {"name": "value", "count": 3, "tags": ["a", "b"]} and YAML like
+key: value. Code looks like def main(): return 0 and for i in range(10): print(i).
+The model reads a prompt, predicts one token at a time, and stops at a stop
+string, at the end-of-sequence token, or when it reaches its token budget.
+"""
+
+
+def is_builtin(model: str) -> bool:
+    return model.startswith(BUILTIN_PREFIX)
+
+
+def builtin_name(model: str) -> str:
+    """`builtin:tiny-random` -> `tiny-random`; raises ValueError for unknown names."""
+    name = model.removeprefix(BUILTIN_PREFIX)
+    if name not in BUILTIN_SEEDS:
+        known = ", ".join(BUILTIN_PREFIX + n for n in sorted(BUILTIN_SEEDS))
+        raise ValueError(f"unknown built-in model {model!r} (known: {known})")
+    return name
+
+
+def builtin_dir(model: str, state_dir: Path) -> Path:
+    """Where a built-in model lives (built or not) under the state directory."""
+    return Path(state_dir) / "models" / builtin_name(model)
+
+
+def is_built(path: Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def ensure_builtin(model: str, state_dir: Path) -> Path:
+    """Resolve `builtin:NAME` (or bare NAME) to its built directory, building it the first time."""
+    name = builtin_name(model if is_builtin(model) else BUILTIN_PREFIX + model)
+    return build_tiny_model(Path(state_dir) / "models" / name, seed=BUILTIN_SEEDS[name])
+
+
+def build_tiny_model(dest: Path, seed: int = 0) -> Path:
+    """Build a tiny random Llama plus tokenizer into `dest`; return `dest`.
+
+    Another process building the same directory at the same time is fine: one
+    rename wins and the loser discards its copy.
+    """
+    dest = Path(dest)
+    if is_built(dest):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        tokenizer = _save_tokenizer(tmp)
+        _save_model(tmp, seed, tokenizer)
+        (tmp / MARKER).write_text(
+            json.dumps({"seed": seed, "weights_sha256": weights_digest(tmp)}, indent=2) + "\n",
+            encoding="utf-8",
+        )
+        _make_readable(tmp)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not is_built(dest):  # not a lost race: a real problem
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def weights_digest(path: Path) -> str:
+    """SHA-256 over the weight files, to check that a build is reproducible."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).glob("*.safetensors")):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _make_readable(directory: Path) -> None:
+    """mkdtemp creates 0700: let other users (the daemon, an operator) read the model."""
+    directory.chmod(0o755)
+    for file in directory.iterdir():
+        file.chmod(0o644)
+
+
+def _train_tokenizer() -> Any:
+    """A byte-level BPE trained on the built-in text: every input is encodable, nothing is unknown."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[PAD, BOS, EOS, *ROLE_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    bos_id = tokenizer.token_to_id(BOS)
+    # Completion prompts get a BOS like Llama's; the chat template writes its own.
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    return tokenizer
+
+
+def _save_tokenizer(directory: Path) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(),
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=ROLE_TOKENS,
+        model_max_length=MAX_POSITIONS,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer
+
+
+def _save_model(directory: Path, seed: int, tokenizer: Any) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,  # the CPU attention kernel rejects 16
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(str(directory))
