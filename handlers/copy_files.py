@@ -20,7 +20,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from spoold.fsutil import atomic_write_bytes, fsync_dir
+from spoold.fsutil import fsync_dir
 from spoold.handlers.base import Handler, HandlerError, HandlerEvent
 from spoold.handlers.config import CopyConfig
 
@@ -42,9 +42,9 @@ class CopyHandler(Handler):
             dest.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(dest)
             for name in sorted(self.config.files, key=lambda n: n == "batch.json"):
-                if name == "batch.json":
+                if name == "batch.json":  # the final object, without the live handler results
                     data = json.dumps(event.batch, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
-                    atomic_write_bytes(dest / name, data)
+                    place_bytes(data, dest / name)
                     continue
                 source = event.job_dir / name
                 if source.exists():
@@ -65,11 +65,26 @@ def place_file(source: Path, final: Path, *, link: bool) -> None:
     """Make `final` a complete copy of `source` in one rename; readers never see a partial file."""
     if link and _same_file(source, final):
         return
-    tmp = final.with_name(f".{final.name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
-    _unlink_missing_ok(tmp)
+    tmp = _temp_name(final)
     try:
         if not (link and _try_link(source, tmp)):
-            _copy_synced(source, tmp)
+            with open(source, "rb") as src, open(tmp, "xb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+        os.replace(tmp, final)
+    finally:
+        _unlink_missing_ok(tmp)
+
+
+def place_bytes(data: bytes, final: Path) -> None:
+    """Write `data` as `final` in one rename."""
+    tmp = _temp_name(final)
+    try:
+        with open(tmp, "xb") as dst:
+            dst.write(data)
+            dst.flush()
+            os.fsync(dst.fileno())
         os.replace(tmp, final)
     finally:
         _unlink_missing_ok(tmp)
@@ -93,11 +108,11 @@ def _try_link(source: Path, tmp: Path) -> bool:
     return True
 
 
-def _copy_synced(source: Path, tmp: Path) -> None:
-    with open(source, "rb") as src, open(tmp, "xb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-        dst.flush()
-        os.fsync(dst.fileno())
+def _temp_name(final: Path) -> Path:
+    """Hidden (rsync and spoold skip dot files) and unique to this process and thread."""
+    tmp = final.with_name(f".{final.name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
+    _unlink_missing_ok(tmp)
+    return tmp
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -179,14 +179,12 @@ class HandlerDispatcher:
     # ---- queue -------------------------------------------------------------------------------
 
     def _enqueue(self, job_dir: Path, runs: JobRuns) -> int:
-        if not runs.runs:
-            return 0
-        self._publish(job_dir)
         now = time.time()
+        real_dir = os.path.realpath(job_dir)  # one key per job however its path was spelled
         added = 0
         with self._cond:
             for name, run in runs.runs.items():
-                key = (os.path.realpath(job_dir), name)
+                key = (real_dir, name)
                 if not run.open or key in self._tracked:
                     continue
                 if name not in self._handlers:
@@ -332,12 +330,6 @@ class HandlerDispatcher:
             return False
         self._publish_runs(job_dir, runs)
         return True
-
-    def _publish(self, job_dir: Path) -> None:
-        with self._records_lock:
-            runs = self._load(job_dir)
-            if runs is not None:
-                self._publish_runs(job_dir, runs)
 
     def _publish_runs(self, job_dir: Path, runs: JobRuns) -> None:
         try:

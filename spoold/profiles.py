@@ -1,19 +1,57 @@
 """Model profiles: models/*.yaml shipped with spoold plus `engine.model_dirs`.
 
 A sidecar names a profile, or a local model directory (an absolute path).
+Profiles are validated when loaded, so a typo in an engine argument or a
+sampling default is a config error at start-up, not a failed job later.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from spoold import tinymodel
 from spoold.errors import ConfigError, UnknownModel, describe_validation_error
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "models"
+
+
+class EngineArgsSpec(BaseModel):
+    """The vLLM engine arguments a profile may set (a checked subset of vLLM's EngineArgs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_model_len: int | None = Field(None, ge=16)
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = None
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    pipeline_parallel_size: int | None = Field(None, ge=1)
+    quantization: str | None = None
+    kv_cache_dtype: str | None = None
+    enforce_eager: bool | None = None
+    max_num_seqs: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    enable_prefix_caching: bool | None = None
+    enable_chunked_prefill: bool | None = None
+    trust_remote_code: bool | None = None
+    revision: str | None = None
+    tokenizer: str | None = None
+    tokenizer_mode: str | None = None
+    download_dir: str | None = None
+    load_format: str | None = None
+    seed: int | None = None
+    cpu_offload_gb: float | None = Field(None, ge=0)
+    kv_cache_memory_bytes: int | None = Field(None, ge=1)
+    max_logprobs: int | None = Field(None, ge=0)
+    limit_mm_per_prompt: dict[str, Any] | None = None
+    language_model_only: bool | None = None
+    hf_overrides: dict[str, Any] | None = None
+    generation_config: str | None = None
+    disable_log_stats: bool | None = None
 
 
 class ModelProfile(BaseModel):
@@ -25,7 +63,35 @@ class ModelProfile(BaseModel):
     description: str = ""
     engine_args: dict[str, Any] = {}
     sampling: dict[str, Any] = {}
-    gpu_memory_gb: float | None = None
+    """Default sampling for this model, below the sidecar's and the line's own values."""
+    gpu_memory_gb: float | None = Field(None, gt=0)
+    """GPU memory the model needs at its engine_args (weights plus a useful KV cache)."""
+
+    @field_validator("model")
+    @classmethod
+    def _known_builtin(cls, value: str) -> str:
+        if tinymodel.is_builtin(value):
+            tinymodel.builtin_name(value)  # raises ValueError for an unknown built-in
+        return value
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return EngineArgsSpec.model_validate(value).model_dump(exclude_unset=True)
+        except ValidationError as exc:
+            raise ValueError(describe_validation_error(exc)) from None
+
+    @field_validator("sampling")
+    @classmethod
+    def _sampling(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Imported here: spoold.engine imports this module (a cycle at import time).
+        from spoold.engine.sampling import SamplingError, check_defaults
+
+        try:
+            return check_defaults(value, source="")
+        except SamplingError as exc:
+            raise ValueError(str(exc)) from None
 
 
 def load_profiles(model_dirs: list[Path] | None = None) -> dict[str, ModelProfile]:
@@ -44,6 +110,73 @@ def resolve_model(name: str, profiles: dict[str, ModelProfile]) -> ModelProfile:
     if path.is_absolute() and path.is_dir():
         return ModelProfile(name=name, model=str(path))
     raise UnknownModel(f"unknown model {name!r}: not a profile ({', '.join(sorted(profiles)) or 'none'}) nor a local model directory")
+
+
+def profile_available(profile: ModelProfile, state_dir: Path) -> tuple[bool, str]:
+    """Whether the weights are on this machine (nothing would be downloaded), and where or why not."""
+    if tinymodel.is_builtin(profile.model):
+        path = tinymodel.builtin_dir(profile.model, state_dir)
+        if tinymodel.is_built(path):
+            return True, f"built at {path}"
+        return False, "not built yet (built on first use, or by `spoold models build`)"
+    local = Path(profile.model).expanduser()
+    if local.is_absolute() or profile.model.startswith("."):
+        if (local / "config.json").is_file():
+            return True, f"local directory {local}"
+        return False, f"no model at {local} (config.json missing)"
+    snapshot = hf_snapshot(profile.model, profile.engine_args.get("download_dir"))
+    if snapshot is not None:
+        return True, f"in the Hugging Face cache ({snapshot})"
+    return False, f"not downloaded (huggingface-cli download {profile.model})"
+
+
+def hf_snapshot(repo_id: str, download_dir: str | None = None) -> Path | None:
+    """The newest cached snapshot of `repo_id` holding a config.json, or None."""
+    folder = "models--" + repo_id.replace("/", "--")
+    for cache in _hf_caches(download_dir):
+        snapshots = cache / folder / "snapshots"
+        if not snapshots.is_dir():
+            continue
+        found = [s for s in snapshots.iterdir() if (s / "config.json").exists()]
+        if found:
+            return max(found, key=lambda s: s.stat().st_mtime)
+    return None
+
+
+def _hf_caches(download_dir: str | None) -> list[Path]:
+    """Where vLLM would look: its download_dir, else the Hub cache ($HF_HUB_CACHE, $HF_HOME/hub)."""
+    if download_dir:
+        return [Path(download_dir).expanduser()]
+    if os.environ.get("HF_HUB_CACHE"):
+        return [Path(os.environ["HF_HUB_CACHE"]).expanduser()]
+    home = Path(os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface")
+    return [home.expanduser() / "hub"]
+
+
+def models_report(profiles: dict[str, ModelProfile], state_dir: Path) -> str:
+    """The `spoold models` table: one row per profile, with whether its weights are here."""
+    header = ("NAME", "MODEL", "MAX LEN", "GPU GB", "LOCAL", "WHERE / HOW")
+    rows = [header]
+    for name in sorted(profiles):
+        profile = profiles[name]
+        ok, where = profile_available(profile, state_dir)
+        max_len = profile.engine_args.get("max_model_len")
+        gpu = profile.gpu_memory_gb
+        rows.append(
+            (
+                name,
+                profile.model,
+                str(max_len) if max_len else "-",
+                f"{gpu:g}" if gpu else "-",
+                "yes" if ok else "no",
+                where,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    )
 
 
 def _load_one(path: Path) -> ModelProfile:

@@ -124,7 +124,7 @@ class WebhookServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handle)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
         return self
 

@@ -1,10 +1,30 @@
-"""OpenAI response bodies, shaped like vLLM's own OpenAI server output."""
+"""OpenAI response bodies, shaped like vLLM's own OpenAI server output.
+
+Pure functions over plain data, shared by every backend. A choice is a dict
+`{"text", "finish_reason", "stop_reason"?, "logprobs"?}`; `logprobs` is
+already in the OpenAI shape of its endpoint (see `chat_logprobs` and
+`completion_logprobs`, which take backend-neutral `TokenLogprob`s).
+"""
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
+
+LOGPROB_FLOOR = -9999.0
+"""-inf is not valid JSON; vLLM's server clamps to this value too."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text, its logprob, and the most likely alternatives (best first)."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
 
 
 def new_id(prefix: str) -> str:
@@ -38,6 +58,7 @@ def chat_completion(
                 "message": {"role": "assistant", "content": c["text"]},
                 "logprobs": c.get("logprobs"),
                 "finish_reason": c.get("finish_reason", "stop"),
+                "stop_reason": c.get("stop_reason"),
             }
             for i, c in enumerate(choices)
         ],
@@ -63,8 +84,49 @@ def text_completion(
                 "text": c["text"],
                 "logprobs": c.get("logprobs"),
                 "finish_reason": c.get("finish_reason", "stop"),
+                "stop_reason": c.get("stop_reason"),
             }
             for i, c in enumerate(choices)
         ],
         "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def _finite(logprob: float) -> float:
+    return LOGPROB_FLOOR if math.isnan(logprob) else max(logprob, LOGPROB_FLOOR)
+
+
+def _token_bytes(token: str) -> list[int]:
+    return list(token.encode("utf-8", errors="replace"))
+
+
+def chat_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
+    """`choices[].logprobs` of a chat.completion: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": _finite(t.logprob),
+                "bytes": _token_bytes(t.token),
+                "top_logprobs": [
+                    {"token": tok, "logprob": _finite(lp), "bytes": _token_bytes(tok)} for tok, lp in t.top
+                ],
+            }
+            for t in tokens
+        ]
+    }
+
+
+def completion_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
+    """`choices[].logprobs` of a text_completion: the legacy parallel lists with text offsets."""
+    offsets: list[int] = []
+    offset = 0
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {
+        "text_offset": offsets,
+        "token_logprobs": [_finite(t.logprob) for t in tokens],
+        "tokens": [t.token for t in tokens],
+        "top_logprobs": [{tok: _finite(lp) for tok, lp in t.top} for t in tokens],
     }

