@@ -51,7 +51,8 @@ class CopyHandler(Handler):
                     place_file(source, dest / name, link=self.config.link)
             fsync_dir(dest)
         except OSError as exc:
-            raise HandlerError(f"copy to {dest} failed: {exc.strerror or exc} ({exc.filename or ''})") from None
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise HandlerError(f"copy to {dest} failed: {exc.strerror or exc}{where}") from None
 
     def destination(self, event: HandlerEvent) -> Path:
         sub = self.config.layout.format(job=event.job, status=event.status, batch_id=event.batch.get("id", event.job))

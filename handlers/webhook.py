@@ -26,6 +26,7 @@ from spoold.handlers.config import WebhookConfig
 SIGNATURE_HEADER = "X-Spoold-Signature"
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 _ERROR_BODY_CHARS = 200
+_MAX_RESPONSE_BYTES = 1 << 16
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -50,14 +51,14 @@ class WebhookHandler(Handler):
         request.add_header("Content-Type", "application/json")
         request.add_header("User-Agent", "spoold")
         request.add_header("Idempotency-Key", event.idempotency_key)
-        request.add_header("X-Spoold-Job", event.job)
+        request.add_header("X-Spoold-Job", urllib.parse.quote(event.job, safe=""))  # headers are latin-1 only
         request.add_header("X-Spoold-Status", event.status)
         request.add_header("X-Spoold-Attempt", str(event.attempt))
         if self._secret is not None:
             request.add_header(SIGNATURE_HEADER, sign(self._secret, body))
         try:
             with self._opener.open(request, timeout=self.config.timeout) as response:
-                response.read()
+                response.read(_MAX_RESPONSE_BYTES)  # the answer is not used; do not hold a huge one
         except urllib.error.HTTPError as exc:
             raise _http_failure(exc) from None
         except urllib.error.URLError as exc:

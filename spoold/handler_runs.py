@@ -139,9 +139,18 @@ class HandlerDispatcher:
 
     # ---- the core's seams --------------------------------------------------------------------
 
-    def plan_runs(self, job_dir: Path, batch: Mapping[str, Any], selected: list[str] | None) -> JobRuns:
-        """`plan_runs` with this daemon's handlers and node id; call before the job leaves processing/."""
-        return plan_runs(job_dir, batch, selected, self._configs.values(), node=self.node)
+    def plan_runs(self, job_dir: Path, batch: Mapping[str, Any], selected: list[str] | None) -> JobRuns | None:
+        """`plan_runs` with this daemon's handlers and node id; call before the job leaves processing/.
+
+        Never raises (a job's results matter more than its notifications): on
+        a disk error it logs, and `job_finished` tries again after the rename.
+        """
+        try:
+            with self._records_lock:
+                return plan_runs(job_dir, batch, selected, self._configs.values(), node=self.node)
+        except (OSError, ValueError) as exc:
+            log.error("job %s: cannot record its handler runs yet: %s", Path(job_dir).name, exc)
+            return None
 
     def job_finished(self, job_dir: Path, batch: Mapping[str, Any], selected: list[str] | None) -> None:
         """Queue the runs of a job now in done/ or failed/ (planning them first if nobody did). Never raises."""

@@ -232,9 +232,18 @@ def test_replanning_a_new_finish_replaces_old_records(tmp_path: Path) -> None:
     assert fresh.batch_id == "batch_new" and fresh.status == "completed"
 
 
-def test_unconfigured_handler_stays_pending(tmp_path: Path, make_dispatcher) -> None:
+def test_unconfigured_handler_stays_pending_until_configured_again(tmp_path: Path, make_dispatcher) -> None:
     rec = recorder()
     job_dir, _ = finish_like_the_core(tmp_path, "job1", [rec])
     dispatcher = make_dispatcher([])
     assert dispatcher.resume(tmp_path) == 0
     assert read_runs(job_dir)["runs"]["rec"]["status"] == "pending"
+    dispatcher.reconfigure([rec])  # SIGHUP with the handler back in spoold.yaml
+    assert dispatcher.resume(tmp_path) == 1
+    assert dispatcher.drain(10)
+    assert read_runs(job_dir)["runs"]["rec"]["status"] == "ok"
+
+
+def test_plan_runs_method_never_raises(tmp_path: Path) -> None:
+    dispatcher = HandlerDispatcher([recorder()], "test-node")
+    assert dispatcher.plan_runs(tmp_path / "vanished", {"id": "b", "status": "completed"}, None) is None

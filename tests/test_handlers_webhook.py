@@ -153,3 +153,12 @@ def test_secret_file_is_read_and_stripped(tmp_path: Path, server: WebhookServer,
     request = server.received[0]
     expected = "sha256=" + hmac.new(b"from-a-file", request.body, hashlib.sha256).hexdigest()
     assert request.headers["X-Spoold-Signature"] == expected
+
+
+def test_non_ascii_job_names_are_sent(tmp_path: Path, server: WebhookServer, make_dispatcher) -> None:
+    job_dir, batch = make_job(tmp_path, "résumé-jobs")
+    dispatcher = make_dispatcher([handler_config(name="hook", type="webhook", url=server.url)])
+    dispatcher.job_finished(job_dir, batch, None)
+    assert dispatcher.drain(10)
+    assert server.received[0].headers["X-Spoold-Job"] == "r%C3%A9sum%C3%A9-jobs"
+    assert json.loads(server.received[0].body)["spoold"]["job"] == "résumé-jobs"

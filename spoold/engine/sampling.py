@@ -184,7 +184,9 @@ def sampling_kwargs(
             raise SamplingError(f"{key} is not supported by spoold's batch engine")
         if key not in SAMPLING_KEYS and key not in _IGNORED:
             raise SamplingError(f"unknown request parameter {key!r}")
-    merged = {k: v for k, v in {**(defaults or {}), **body}.items() if v is not None}
+    # null means "unset" (as in OpenAI's API): it never hides a default below it.
+    merged = {k: v for k, v in (defaults or {}).items() if v is not None}
+    merged.update((k, v) for k, v in body.items() if v is not None)
     kwargs: dict[str, Any] = {}
     for key, check in _CHECKS.items():
         if key in merged:

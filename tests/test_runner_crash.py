@@ -1,0 +1,177 @@
+"""The runner in-process with an engine that finishes requests out of order and dies at random:
+after any crash (with a torn tail appended), a resume yields exactly one record per line."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from spoold_helpers import assert_exactly_once, chat_line, drop_job
+
+from spoold import lease as leases
+from spoold.claim import claim
+from spoold.config import Config
+from spoold.engine.base import Engine, EngineRequest, EngineResult
+from spoold.engine.echo import EchoEngine
+from spoold.engine.manager import EngineManager
+from spoold.profiles import load_profiles
+from spoold.runner import JobRunner, Outcome, RunContext
+from spoold.spool import Spool
+
+
+class Crash(BaseException):
+    """Stands in for kill -9: nothing after it runs."""
+
+
+class ShuffledEngine(Engine):
+    """Echo answers, returned a random subset at a time, in random order; may crash on a step."""
+
+    def __init__(self, rng: random.Random, crash_after: int | None) -> None:
+        self.model = "tiny-random"
+        self._echo = EchoEngine("tiny-random", delay=0)
+        self._rng = rng
+        self._pending: list[EngineRequest] = []
+        self._steps = 0
+        self._crash_after = crash_after
+
+    def add(self, request: EngineRequest) -> EngineResult | None:
+        self._pending.append(request)
+        return None
+
+    def step(self) -> list[EngineResult]:
+        self._steps += 1
+        if self._crash_after is not None and self._steps >= self._crash_after:
+            raise Crash()
+        self._rng.shuffle(self._pending)
+        k = self._rng.randint(0, len(self._pending))
+        done, self._pending = self._pending[:k], self._pending[k:]
+        self._echo._pending = done
+        return self._echo.step()
+
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def abort_all(self) -> None:
+        self._pending.clear()
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.stop = False
+
+    def should_stop(self) -> bool:
+        return self.stop
+
+    def beat(self, status: str) -> None:
+        pass
+
+    def chunk_committed(self, *args: object) -> None:
+        pass
+
+
+def make_ctx(spool: Spool, engine: Engine, hooks: Hooks, config: Config) -> RunContext:
+    manager = EngineManager(config, loader=lambda cfg, profile: engine)
+    return RunContext(config=config, node="n1", spool_root=spool.root, profiles=load_profiles(), engines=manager, hooks=hooks)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_crashes_and_torn_tails_still_exactly_once(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    spool = Spool(tmp_path)
+    spool.init()
+    ids = [f"c{i}" for i in range(120)]
+    lines: list[object] = [chat_line(c, f"words for {c}") for c in ids]
+    lines.insert(17, "not json")
+    lines.insert(50, "")
+    drop_job(spool.inbox, "job", lines, {"chunk_size": rng.choice([1, 3, 7, 25])})
+    config = Config(spool_dir=tmp_path, engine={"backend": "echo", "window": rng.choice([1, 4, 16]), "max_attempts": 100})
+    job = claim(spool, "job", "n1")
+    assert job is not None
+    crashes = 0
+    for attempt in range(50):
+        lease = leases.acquire(job, "n1", leases.current(job))
+        assert lease is not None
+        engine = ShuffledEngine(rng, crash_after=rng.randint(2, 8) if attempt < 3 else rng.randint(1, 40))
+        try:
+            outcome = JobRunner(make_ctx(spool, engine, Hooks(), config), job, lease).run()
+        except Crash:
+            crashes += 1
+            with open(job.output, "ab") as fh:  # a record half written when the power went
+                fh.write(b'{"id": "torn", "custom_id": "c0", "resp')
+            continue
+        assert outcome is Outcome.COMPLETED
+        break
+    else:
+        pytest.fail("never finished")
+    assert crashes >= 1
+    done = spool.root / "done" / "job"
+    assert_exactly_once(done, [*ids, None])  # the bad line's record has no custom_id
+    batch = json.loads((done / "batch.json").read_text())
+    assert batch["request_counts"] == {"total": 121, "completed": 120, "failed": 1}
+    assert batch["spoold"]["attempts"]["failures"] == crashes
+
+
+def test_graceful_stop_then_resume(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.init()
+    ids = [f"g{i}" for i in range(60)]
+    drop_job(spool.inbox, "job", [chat_line(c, "hi") for c in ids], {"chunk_size": 5})
+    config = Config(spool_dir=tmp_path, engine={"backend": "echo", "window": 8})
+    job = claim(spool, "job", "n1")
+    assert job is not None
+    hooks = Hooks()
+    engine = ShuffledEngine(random.Random(3), None)
+    calls = {"n": 0}
+    original = engine.step
+
+    def step_then_stop() -> list[EngineResult]:
+        calls["n"] += 1
+        if calls["n"] == 6:
+            hooks.stop = True
+        return original()
+
+    engine.step = step_then_stop  # type: ignore[method-assign]
+    outcome = JobRunner(make_ctx(spool, engine, hooks, config), job, leases.current(job)).run()
+    assert outcome is Outcome.STOPPED
+    record = job.load_record()
+    assert record.open_attempt is False and record.failures == 0
+    outcome = JobRunner(make_ctx(spool, ShuffledEngine(random.Random(4), None), Hooks(), config), job, leases.acquire(job, "n1", leases.current(job))).run()
+    assert outcome is Outcome.COMPLETED
+    assert_exactly_once(spool.root / "done" / "job", ids)
+
+
+def test_engine_failures_retry_then_fail_the_job(tmp_path: Path) -> None:
+    from spoold.engine.base import EngineFailure
+
+    class Broken(ShuffledEngine):
+        def step(self) -> list[EngineResult]:
+            raise EngineFailure("CUDA error: device-side assert")
+
+    spool = Spool(tmp_path)
+    spool.init()
+    drop_job(spool.inbox, "job", [chat_line("a", "hi")], {})
+    config = Config(spool_dir=tmp_path, engine={"backend": "echo", "max_attempts": 2})
+    job = claim(spool, "job", "n1")
+    assert job is not None
+    ctx = make_ctx(spool, Broken(random.Random(0), None), Hooks(), config)
+    assert JobRunner(ctx, job, leases.current(job)).run() is Outcome.RETRY
+    assert job.load_record().retry_after > 0
+    assert JobRunner(ctx, job, leases.acquire(job, "n1", leases.current(job))).run() is Outcome.FAILED
+    failed = json.loads((spool.root / "failed" / "job" / "batch.json").read_text())
+    assert "CUDA error" in failed["errors"]["data"][0]["message"] and "2 attempts" in failed["errors"]["data"][0]["message"]
+
+
+def test_lease_taken_over_stops_the_old_owner(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.init()
+    drop_job(spool.inbox, "job", [chat_line(f"x{i}", "hi") for i in range(50)], {"chunk_size": 5})
+    config = Config(spool_dir=tmp_path, engine={"backend": "echo", "window": 2}, lease_seconds=0.001)
+    job = claim(spool, "job", "n1")
+    assert job is not None
+    old = leases.current(job)
+    assert leases.acquire(job, "n2", old) is not None  # n2 decided n1 was dead
+    outcome = JobRunner(make_ctx(spool, ShuffledEngine(random.Random(0), None), Hooks(), config), job, old).run()
+    assert outcome is Outcome.LOST
+    assert job.path.exists() and not (job.output.exists() and job.output.stat().st_size)
