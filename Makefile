@@ -25,7 +25,7 @@ test: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m spoold.demo
+	$(PY) examples/demo.py
 
 bench: install
 	$(PY) benchmarks/run.py

@@ -56,6 +56,8 @@ def build_batch(
     if status in _FINAL_FIELD:
         batch[_FINAL_FIELD[status]] = int(record.finished_at or now)
         batch["finalizing_at"] = int(record.finished_at or now)
+    if rate is None and record.run_seconds > 0 and status in FINAL_STATUSES:
+        rate = ckpt.records / record.run_seconds
     chunks_total = math.ceil(total / chunk_size) if chunk_size and total else 0
     batch["spoold"] = {
         "node": node,

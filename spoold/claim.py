@@ -106,7 +106,7 @@ def _complete(spool: Spool, staging: Path, name: str, node: str, created_at: flo
     if record.name != final.name:
         record.name = final.name
         job.save_record(record)
-    log.info("claimed %s", final.name, extra={"job": final.name})
+    log.info("claimed", extra={"job": final.name})
     return job
 
 

@@ -100,7 +100,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from spoold.control import cancel
 
     config = load_config(args.config)
-    print(cancel(_spool(args, config), args.name, config.node))
+    print(cancel(_spool(args, config), args.name, config.node, list(config.handlers)))
     return 0
 
 

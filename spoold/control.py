@@ -8,8 +8,10 @@ from pathlib import Path
 
 from spoold.claim import claim
 from spoold.errors import NoSuchJob, SidecarError, SpooldError
-from spoold.finish import JobEnd, finish_job
+from spoold.finish import FinishHooks, JobEnd, finish_job
 from spoold.fsutil import atomic_write_text, fsync_dir
+from spoold.handlers.config import AnyHandlerConfig
+from spoold.handlers.records import plan_runs
 from spoold.jobdir import JobDir
 from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX
 from spoold.sidecar import Sidecar, parse_sidecar
@@ -38,7 +40,7 @@ def requeue(spool: Spool, name: str) -> str:
     return name
 
 
-def cancel(spool: Spool, name: str, node: str) -> str:
+def cancel(spool: Spool, name: str, node: str, handlers: list[AnyHandlerConfig] | None = None) -> str:
     """Cancel a queued job at once, or ask the daemon running it to stop. Returns what happened."""
     found = spool.find(name)
     if found is None:
@@ -55,9 +57,11 @@ def cancel(spool: Spool, name: str, node: str) -> str:
         raise SpooldError(f"job {name} was just claimed by a daemon; run `spoold cancel {name}` again to stop it")
     record = job.load_record()
     sidecar = _sidecar_or_default(job)
+    hooks = FinishHooks(before_move=[lambda job, batch, selected: plan_runs(job.path, batch, selected, handlers or [], node=node)])
     final, _ = finish_job(
         spool.root, job, record, JobEnd("cancelled"), node=f"{node}:cli", model=sidecar.model,
         metadata=sidecar.metadata, handlers=sidecar.handlers, checkpoint=None, validation=None, chunk_size=None,
+        hooks=hooks,
     )  # fmt: skip
     return f"cancelled {name} before it ran -> {final.path}"
 

@@ -83,7 +83,7 @@ class Daemon:
         if problem:
             raise SpooldError(problem)
         for job in claims.recover_claims(self.spool, self.node, self.config.lease_seconds):
-            log.info("recovered claim of %s", job.name, extra={"job": job.name})
+            log.info("finished an interrupted claim", extra={"job": job.name})
         self._watcher = InboxWatcher(self.spool.inbox, self.config.watch.mode, self.config.watch.poll_interval, self.wake)
         self._watcher.start()
         self.service.start(self.spool)
@@ -141,7 +141,7 @@ class Daemon:
             job, lease = choice.job, leases.acquire(choice.job, self.node, choice.lease)
             if job is None or lease is None:
                 return False  # another daemon took it over first
-            log.info("resuming %s", job.name, extra={"job": job.name})
+            log.info("resuming from its checkpoint", extra={"job": job.name})
         else:
             job = claims.claim(self.spool, name, self.node)
             self.tracker.forget(name)
@@ -162,7 +162,7 @@ class Daemon:
             log.error("%s", exc, extra={"job": job.name})
             return True
         except Exception:  # a bug, not a user mistake: keep the daemon up, back off this job
-            log.exception("unexpected error running %s; it will be retried", job.name, extra={"job": job.name})
+            log.exception("unexpected error; the job will be retried", extra={"job": job.name})
             self._not_before[job.name] = time.time() + 30
             return True
         if outcome in (Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED):
@@ -236,14 +236,15 @@ class Daemon:
             if new.spool_dir != self.config.spool_dir or new.node != self.node:
                 log.warning("spool_dir and node_id changes need a restart; keeping %s as %s", self.spool.root, self.node)
                 new = new.model_copy(update={"spool_dir": self.config.spool_dir, "node_id": self.config.node_id})
-            self.profiles = load_profiles(new.engine.model_dirs)
+            profiles = load_profiles(new.engine.model_dirs)
+            self.service.reconfigure(new, self.spool)
         except SpooldError as exc:
             log.error("reload failed, keeping the running config: %s", exc)
         else:
             self.config = new
+            self.profiles = profiles
             self.engines.config = new
             self.tracker = self._new_tracker()
-            self.service.reconfigure(new)
             log.info("configuration reloaded from %s", self.config_path or "defaults")
         self.service.ready()
 

@@ -77,11 +77,11 @@ def finish_job(
     target = JobState.FAILED if end.status == "failed" else JobState.DONE
     final = JobDir(move_job(spool_root, job.path, JobState.PROCESSING, target))
     if end.status == "failed":
-        log.error("job %s failed: %s", final.name, end.reason, extra={"job": final.name})
+        log.error("failed: %s", end.reason, extra={"job": final.name})
     else:
         counts = batch["request_counts"]
         log.info(
-            "job %s %s: %d succeeded, %d failed -> %s", final.name, end.status,
+            "%s: %d succeeded, %d failed -> %s", end.status,
             counts["completed"], counts["failed"], final.path, extra={"job": final.name},
         )  # fmt: skip
     for hook in hooks.after_move:

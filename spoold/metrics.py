@@ -84,6 +84,7 @@ class Metrics:
         )
         self._build_info = Gauge("spoold_build_info", "spoold's version, value always 1.", ["version"], registry=reg)
         self._gpu: dict[str, Gauge] | None = None  # registered on the first GPU sample only
+        self._gpu_labels: dict[str, set[str]] = {"used": set(), "total": set(), "util": set(), "temp": set()}
         for outcome in JOB_OUTCOMES:
             self._jobs.labels(outcome)
         for outcome in REQUEST_OUTCOMES:
@@ -95,6 +96,7 @@ class Metrics:
         self._models: set[str] = set()
         self._spool_error: str | None = None
         self._server: WSGIServer | None = None
+        self._listen = ""
         self._thread: Thread | None = None
         self._exposed = CollectorRegistry(auto_describe=False)
         self._exposed.register(_WithoutCreated(self.registry))
@@ -170,21 +172,29 @@ class Metrics:
 
     def gpu(self, samples: Iterable[GpuSample]) -> None:
         """Export exactly these GPUs; GPUs missing or in error are dropped, not left stale."""
-        samples = [s for s in samples if s.error is None]
+        readings: dict[str, dict[str, float]] = {"used": {}, "total": {}, "util": {}, "temp": {}}
+        for s in samples:
+            if s.error is not None:
+                continue
+            label = str(s.index)
+            for key, value in (
+                ("used", s.memory_used_bytes),
+                ("total", s.memory_total_bytes),
+                ("util", s.utilization_ratio),
+                ("temp", s.temperature_celsius),
+            ):
+                if value is not None:
+                    readings[key][label] = value
         if self._gpu is None:
-            if not samples:
+            if not any(readings.values()):
                 return
             self._gpu = self._register_gpu_gauges()
-        for gauge in self._gpu.values():
-            gauge.clear()
-        for s in samples:
-            label = str(s.index)
-            self._gpu["used"].labels(label).set(s.memory_used_bytes or 0)
-            self._gpu["total"].labels(label).set(s.memory_total_bytes or 0)
-            if s.utilization_ratio is not None:
-                self._gpu["util"].labels(label).set(s.utilization_ratio)
-            if s.temperature_celsius is not None:
-                self._gpu["temp"].labels(label).set(s.temperature_celsius)
+        for key, gauge in self._gpu.items():
+            for label, value in readings[key].items():
+                gauge.labels(label).set(value)
+            for stale in self._gpu_labels[key] - readings[key].keys():
+                gauge.remove(stale)  # set-then-remove: a scrape never sees a GPU vanish and return
+            self._gpu_labels[key] = set(readings[key])
 
     def _register_gpu_gauges(self) -> dict[str, Gauge]:
         reg = self.registry
@@ -204,8 +214,9 @@ class Metrics:
     def start_server(self, listen: str) -> tuple[str, int] | None:
         """Serve /metrics on "host:port" ("[::1]:9464", ":9464" for all IPv4); "" disables.
 
-        Returns the bound (host, port), port 0 picking a free one. Raises SpooldError
-        with one readable line when the address cannot be bound.
+        Returns the bound (host, port), port 0 picking a free one. Raises ConfigError
+        for a malformed address and SpooldError (one readable line) when it cannot be
+        bound; a running endpoint is stopped first.
         """
         address = parse_listen(listen)
         self.stop_server()
@@ -216,10 +227,25 @@ class Metrics:
             server, thread = start_http_server(port, addr=host, registry=self._exposed)
         except OSError as exc:
             raise SpooldError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
-        self._server, self._thread = server, thread
+        self._server, self._thread, self._listen = server, thread, listen
         bound = (server.server_address[0], server.server_address[1])
         log.info("serving metrics on http://%s/metrics", format_listen(*bound))
         return bound
+
+    def relisten(self, listen: str) -> None:
+        """On reload: move the endpoint if `listen` changed; if the new one fails, keep the old."""
+        previous = self._listen
+        if listen == previous:
+            return
+        try:
+            parse_listen(listen)
+            self.start_server(listen)
+        except (ConfigError, SpooldError) as exc:
+            log.error("%s; metrics stay on %s", exc, previous or "(off)")
+            if self._server is None and previous:
+                self.start_server(previous)
+            return
+        self._listen = listen
 
     @property
     def server_address(self) -> tuple[str, int] | None:
@@ -235,6 +261,7 @@ class Metrics:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = self._thread = None
+        self._listen = ""
 
 
 class _WithoutCreated(Collector):

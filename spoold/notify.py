@@ -155,12 +155,14 @@ class Notifier:
 
         Sends WATCHDOG_USEC=<seconds> and a ping before, and restores the unit's
         own timeout with a ping after. The call still trips the watchdog if it hangs
-        longer than `seconds`. No-op when no watchdog is armed.
+        longer than `seconds` (never less than the unit's WatchdogSec=). No-op when
+        no watchdog is armed.
         """
-        if self.watchdog_timeout is None:
+        if self._watchdog_usec is None or not self.enabled:
             yield
             return
-        self._send([f"WATCHDOG_USEC={int(seconds * 1_000_000)}", "WATCHDOG=1"])
+        usec = max(int(seconds * 1_000_000), self._watchdog_usec)
+        self._send([f"WATCHDOG_USEC={usec}", "WATCHDOG=1"])
         try:
             yield
         finally:

@@ -30,7 +30,7 @@ from spoold.profiles import ModelProfile, resolve_model
 from spoold.reader import read_lines
 from spoold.records import error_record, success_record
 from spoold.sidecar import Sidecar, parse_sidecar
-from spoold.validate import ValidationSummary, duplicate_error, fatal_reason, validate_file
+from spoold.validate import ValidationInterrupted, ValidationSummary, duplicate_error, fatal_reason, validate_file
 from spoold.writer import ResultWriter
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,12 @@ class JobRunner:
             return self._end(JobEnd("failed", f"the engine failed on this job {rec.failures} times (last: {rec.last_error})"))
         rec.open_attempt = True
         self.job.save_record(rec)
-        self.validation = self._validation()
+        try:
+            self.validation = self._validation()
+        except ValidationInterrupted:
+            rec.open_attempt = False
+            self.job.save_record(rec)
+            return Outcome.STOPPED
         reason = fatal_reason(self.validation, self.sidecar.max_error_ratio)
         if reason:
             self._write_line_errors_only()
@@ -137,7 +142,8 @@ class JobRunner:
         if outcome is Outcome.STOPPED:
             rec.open_attempt = False
             self.job.save_record(rec)
-            log.info("stopped %s at line %d; it resumes from its checkpoint", self.job.name, self.checkpoint.next_line if self.checkpoint else 1, extra={"job": self.job.name})
+            line = self.checkpoint.next_line if self.checkpoint else 1
+            log.info("stopped at line %d; it resumes from its checkpoint", line, extra={"job": self.job.name})
             return outcome
         if outcome is Outcome.LOST:
             return outcome
@@ -260,7 +266,7 @@ class JobRunner:
         if now - self._last_cancel_check >= 1.0:
             self._last_cancel_check = now
             if self.job.cancel_requested():
-                log.info("cancelling %s as asked", self.job.name, extra={"job": self.job.name})
+                log.info("cancelling as asked", extra={"job": self.job.name})
                 return Outcome.CANCELLED
         try:
             self._renew_lease()
@@ -302,9 +308,13 @@ class JobRunner:
             return ValidationSummary.model_validate(read_json(self.job.validation))
         self._beat(f"validating {self.job.name}")
         self._write_live_batch("validating")
-        summary = validate_file(self.job.input, self.model or "")
+        def keep_going(lines: int) -> bool:
+            self._beat(f"validating {self.job.name}: {lines} lines read")
+            return not self.ctx.hooks.should_stop()
+
+        summary = validate_file(self.job.input, self.model or "", keep_going)
         atomic_write_json(self.job.validation, summary.model_dump())
-        log.info("validated %s: %d requests, %d invalid", self.job.name, summary.lines, summary.invalid, extra={"job": self.job.name})
+        log.info("validated: %d requests, %d invalid", summary.lines, summary.invalid, extra={"job": self.job.name})
         return summary
 
     def _write_line_errors_only(self) -> None:
@@ -334,7 +344,7 @@ class JobRunner:
         rec.failures += 1
         rec.last_error = message
         rec.open_attempt = False
-        log.error("%s (attempt %d of %d) for %s", message, rec.failures, self.ctx.config.engine.max_attempts, self.job.name, extra={"job": self.job.name})
+        log.error("%s (attempt %d of %d)", message, rec.failures, self.ctx.config.engine.max_attempts, extra={"job": self.job.name})
         if rec.failures >= self.ctx.config.engine.max_attempts:
             return self._end(JobEnd("failed", f"{message} (after {rec.failures} attempts)"))
         rec.retry_after = time.time() + min(300.0, 5.0 * 2 ** (rec.failures - 1))

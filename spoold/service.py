@@ -12,6 +12,7 @@ from collections.abc import Callable
 from spoold import __version__
 from spoold.config import Config
 from spoold.finish import FinishHooks
+from spoold.handler_runs import HandlerDispatcher
 from spoold.metrics import Metrics, effective_listen
 from spoold.notify import Notifier
 from spoold.spool import Spool
@@ -19,6 +20,8 @@ from spoold.spool import Spool
 log = logging.getLogger(__name__)
 
 SPOOL_REFRESH_SECONDS = 5.0
+HANDLER_RESCAN_SECONDS = 300.0
+"""How often an idle daemon looks for handler runs planned elsewhere (e.g. by `spoold cancel`)."""
 
 
 class _RunHooks:
@@ -45,8 +48,10 @@ class Service:
         self.config = config
         self.notifier = notifier
         self.metrics = metrics
+        self.handlers = HandlerDispatcher(config.handlers, config.node, on_outcome=metrics.handler_run)
         self.paused_reason: str | None = None
         self._last_refresh = 0.0
+        self._last_handler_scan = time.monotonic()
 
     @classmethod
     def create(cls, config: Config) -> Service:
@@ -61,6 +66,9 @@ class Service:
     def start(self, spool: Spool) -> None:
         self.metrics.start_server(effective_listen(self.config.metrics.listen))
         self.metrics.update_spool(spool.root)
+        self.metrics.handlers_configured(h.name for h in self.config.handlers)
+        self.handlers.start()
+        self.handlers.resume(spool.root)
 
     def ready(self) -> None:
         self.notifier.ready("idle: waiting for jobs")
@@ -68,13 +76,18 @@ class Service:
     def reloading(self) -> None:
         self.notifier.reloading()
 
-    def reconfigure(self, config: Config) -> None:
+    def reconfigure(self, config: Config, spool: Spool) -> None:
+        """Apply a reloaded config; raises ConfigError (old handlers kept) if a handler cannot be built."""
+        self.handlers.reconfigure(config.handlers)
         self.config = config
+        self.handlers.resume(spool.root)
+        self.metrics.handlers_configured(h.name for h in config.handlers)
 
     def stopping(self) -> None:
         self.notifier.stopping("stopping: checkpointing and exiting")
 
     def stop(self) -> None:
+        self.handlers.stop(timeout=5.0)
         self.metrics.stop_server()
         self.notifier.close()
 
@@ -90,6 +103,9 @@ class Service:
 
     def refresh(self, spool: Spool) -> None:
         now = time.monotonic()
+        if now - self._last_handler_scan >= HANDLER_RESCAN_SECONDS:
+            self._last_handler_scan = now
+            self.handlers.resume(spool.root)
         if now - self._last_refresh < SPOOL_REFRESH_SECONDS:
             return
         self._last_refresh = now
@@ -105,4 +121,6 @@ class Service:
         self._last_refresh = 0.0
 
     def wire_finish(self, hooks: FinishHooks) -> None:
-        """Handlers are planned before a finished job leaves processing/ and woken after."""
+        """Handler runs are planned on disk before a finished job leaves processing/, and started after."""
+        hooks.before_move.append(lambda job, batch, selected: self.handlers.plan_runs(job.path, batch, selected))
+        hooks.after_move.append(lambda job, batch, selected: self.handlers.job_finished(job.path, batch, selected))

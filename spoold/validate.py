@@ -7,6 +7,7 @@ whole can run, before a GPU second is spent on it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -15,6 +16,11 @@ from spoold.lines import LineError, parse_line
 from spoold.reader import read_lines
 
 MAX_LISTED_ERRORS = 20
+PROGRESS_EVERY = 10_000
+
+
+class ValidationInterrupted(Exception):
+    """The caller asked to stop (SIGTERM) part-way; the pass is simply redone later."""
 
 
 class ListedError(BaseModel):
@@ -38,11 +44,17 @@ def duplicate_error(line: int, custom_id: str) -> LineError:
     return LineError(line, "duplicate_custom_id", f"custom_id {custom_id!r} already used on an earlier line", custom_id)
 
 
-def validate_file(path: Path, job_model: str) -> ValidationSummary:
-    """Stream `path`; memory grows with the number of distinct custom_ids only."""
+def validate_file(path: Path, job_model: str, keep_going: Callable[[int], bool] | None = None) -> ValidationSummary:
+    """Stream `path`; memory grows with the number of distinct custom_ids only.
+
+    `keep_going(lines_read)` is called every PROGRESS_EVERY lines (the daemon
+    pings its watchdog there); returning False stops with ValidationInterrupted.
+    """
     summary = ValidationSummary()
     seen: set[str] = set()
     for raw in read_lines(path):
+        if keep_going is not None and raw.number % PROGRESS_EVERY == 0 and not keep_going(raw.number):
+            raise ValidationInterrupted()
         parsed = parse_line(raw.data, raw.number, job_model, unterminated=raw.unterminated)
         if parsed is None:
             continue

@@ -259,3 +259,22 @@ def test_two_instances_do_not_share_state() -> None:
     a.job_finished("completed", 1.0)
     assert b'spoold_jobs_total{outcome="completed"} 1.0' in a.render()
     assert b'spoold_jobs_total{outcome="completed"} 0.0' in b.render()
+
+
+def test_relisten_on_reload_keeps_serving_when_the_new_address_fails(
+    metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    busy = Metrics()
+    _, busy_port = busy.start_server("127.0.0.1:0")  # type: ignore[misc]
+    try:
+        metrics.start_server("127.0.0.1:0")
+        metrics.relisten(f"127.0.0.1:{busy_port}")
+        assert metrics.server_address is not None and metrics.server_address[1] != busy_port
+        assert "spoold_jobs" in scrape(metrics)
+        assert any("metrics stay on 127.0.0.1:0" in r.getMessage() for r in caplog.records)
+        metrics.relisten("not an address")
+        assert "spoold_jobs" in scrape(metrics)
+        metrics.relisten("")
+        assert metrics.server_address is None
+    finally:
+        busy.stop_server()

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from spoold.notify import Notifier
-from tests.notify_listener import NotifyListener, NotifyMessage
+from notify_listener import NotifyListener, NotifyMessage
 
 
 class FakeClock:
@@ -133,9 +133,13 @@ def test_watchdog_grace_raises_then_restores_the_timeout(listener: NotifyListene
     with notifier.watchdog_grace(900):
         clock.now += 500
     notifier.watchdog()  # just pinged on leaving the grace: nothing new
+    with notifier.watchdog_grace(10):  # never shorter than the unit's own WatchdogSec=
+        pass
     sent = _drain(listener, notifier)
     assert [m.raw for m in sent] == [
         "WATCHDOG_USEC=900000000\nWATCHDOG=1",
+        "WATCHDOG_USEC=60000000\nWATCHDOG=1",
+        "WATCHDOG_USEC=60000000\nWATCHDOG=1",
         "WATCHDOG_USEC=60000000\nWATCHDOG=1",
     ]
 

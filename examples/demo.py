@@ -1,0 +1,104 @@
+"""`make demo`: a spool in ./spool, the real daemon with real vLLM on the tiny model, the examples through it.
+
+Run from the repository root with the project's virtualenv (make demo does both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from spoold.config import Config
+from spoold.spool import Spool
+from spoold.submit import submit
+from spoold.tinymodel import ensure_builtin
+
+ROOT = Path.cwd()
+EXAMPLES = Path(__file__).resolve().parent
+SPOOL = ROOT / "spool"
+STATE = ROOT / ".state"
+CONFIG = STATE / "demo-spoold.yaml"
+JOBS = ["chat", "completions", "with-bad-lines"]
+
+
+def say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+
+
+def write_config() -> None:
+    STATE.mkdir(exist_ok=True)
+    config = {
+        "spool_dir": str(SPOOL),
+        "node_id": "demo",
+        "watch": {"settle_seconds": 0.5, "poll_interval": 0.5},
+        "engine": {"backend": "vllm", "default_model": "tiny-random", "state_dir": str(STATE)},
+        "chunk_size": 4,
+        "metrics": {"listen": "127.0.0.1:0"},
+        "logging": {"format": "text"},
+    }
+    CONFIG.write_text(yaml.safe_dump(config, sort_keys=False))
+    Config.model_validate(config)
+
+
+def wait_finished(name: str, daemon: subprocess.Popen[bytes], timeout: float = 600) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for state in ("done", "failed"):
+            job = SPOOL / state / name
+            if (job / "batch.json").exists():
+                return job
+        if daemon.poll() is not None:
+            raise SystemExit(f"[demo] the daemon exited early ({daemon.returncode}); see {STATE / 'demo-spoold.log'}")
+        time.sleep(0.5)
+    raise SystemExit(f"[demo] {name} did not finish within {timeout:.0f} s")
+
+
+def main() -> int:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    write_config()
+    spool = Spool(SPOOL)
+    spool.init()
+    say(f"spool at {SPOOL}")
+    started = time.monotonic()
+    model_dir = ensure_builtin("builtin:tiny-random", STATE)
+    say(f"tiny model ready at {model_dir} ({time.monotonic() - started:.1f} s)")
+    names = []
+    for job in JOBS:
+        stale = [SPOOL / s / job for s in ("done", "failed") if (SPOOL / s / job).exists()]
+        name = submit(spool, EXAMPLES / f"{job}.jsonl", name=job if not stale else f"{job}-{int(time.time())}")
+        names.append(name)
+        say(f"submitted {name}")
+    log_path = STATE / "demo-spoold.log"
+    say(f"starting spoold (log: {log_path})")
+    with open(log_path, "ab") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(CONFIG)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        results = [wait_finished(n, daemon) for n in names]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(timeout=120)
+    say(f"spoold stopped cleanly (exit {code})" if code == 0 else f"spoold exited with {code}")
+    print()
+    print(f"{'job':<28} {'status':<10} {'requests':>8} {'ok':>4} {'err':>4} {'tokens':>7} {'seconds':>8} {'tok/s':>8}")
+    for job in results:
+        batch = json.loads((job / "batch.json").read_text())
+        counts, usage = batch["request_counts"], batch["usage"]
+        seconds = batch["spoold"]["durations"]["running_seconds"]
+        rate = usage["completion_tokens"] / seconds if seconds else 0.0
+        print(f"{job.name:<28} {batch['status']:<10} {counts['total']:>8} {counts['completed']:>4} {counts['failed']:>4} "
+              f"{usage['total_tokens']:>7} {seconds:>8.2f} {rate:>8.0f}")  # fmt: skip
+    print()
+    for job in results:
+        say(f"results: {job}/output.jsonl, errors: {job}/errors.jsonl, status: {job}/batch.json")
+    return 0 if code == 0 and all(j.parent.name == "done" for j in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
