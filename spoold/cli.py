@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     setup_logging(config.logging.level, config.logging.format)
+    # vLLM otherwise installs its own stdout logging, bypassing journald priorities.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     daemon = Daemon(config, args.config)
     daemon.install_signals()
     return daemon.run()

@@ -88,7 +88,8 @@ class Config(Strict):
 
     @property
     def node(self) -> str:
-        return self.node_id or socket.gethostname()
+        """$SPOOLD_NODE_ID (set per GPU by spoold@.service) wins over node_id, then the hostname."""
+        return os.environ.get("SPOOLD_NODE_ID") or self.node_id or socket.gethostname()
 
 
 def config_path(explicit: str | os.PathLike[str] | None) -> Path | None:

@@ -6,7 +6,6 @@ Signal handlers only set flags; the loop does the logging, checkpointing and exi
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -52,7 +51,7 @@ class Daemon:
         self.node = config.node
         self.service = service or Service.create(config)
         self.profiles = load_profiles(config.engine.model_dirs)
-        self.engines = EngineManager(config, loader, on_change=self.service.model_changed)
+        self.engines = EngineManager(config, loader, on_change=self.service.model_changed, load_guard=self.service.loading)
         self.tracker = self._new_tracker()
         self.wake = threading.Event()
         self.stop_requested = False
@@ -253,8 +252,7 @@ class Daemon:
         return ReadinessTracker(settle=w.settle_seconds, orphan=w.orphan_seconds, require_sidecar=w.require_sidecar)
 
     def _beat_interval(self) -> float:
-        interval = self.service.watchdog_interval
-        return interval / 2 if interval else 60.0
+        return self.service.watchdog_interval or 60.0
 
 
 def leases_mtime(job: JobDir) -> float:
@@ -262,12 +260,3 @@ def leases_mtime(job: JobDir) -> float:
         return job.state.stat().st_mtime
     except FileNotFoundError:
         return time.time()
-
-
-def run_daemon(config_path: str | None) -> int:
-    """`spoold run`: what systemd starts."""
-    config = load_config(config_path)
-    daemon = Daemon(config, config_path)
-    daemon.install_signals()
-    log.debug("pid %d", os.getpid())
-    return daemon.run()

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from spoold import __version__
 from spoold.config import Config
 from spoold.finish import FinishHooks
+from spoold.gpu import GpuMonitor, gpu_health
 from spoold.handler_runs import HandlerDispatcher
+from spoold.logs import setup_logging
 from spoold.metrics import Metrics, effective_listen
 from spoold.notify import Notifier
 from spoold.spool import Spool
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 SPOOL_REFRESH_SECONDS = 5.0
 HANDLER_RESCAN_SECONDS = 300.0
 """How often an idle daemon looks for handler runs planned elsewhere (e.g. by `spoold cancel`)."""
+MODEL_LOAD_GRACE_SECONDS = 1800.0
+"""A model load blocks the loop; the watchdog allows it this long before it counts as hung."""
 
 
 class _RunHooks:
@@ -44,10 +49,11 @@ class _RunHooks:
 
 
 class Service:
-    def __init__(self, config: Config, notifier: Notifier, metrics: Metrics) -> None:
+    def __init__(self, config: Config, notifier: Notifier, metrics: Metrics, gpu: GpuMonitor) -> None:
         self.config = config
         self.notifier = notifier
         self.metrics = metrics
+        self.gpu = gpu
         self.handlers = HandlerDispatcher(config.handlers, config.node, on_outcome=metrics.handler_run)
         self.paused_reason: str | None = None
         self._last_refresh = 0.0
@@ -55,7 +61,7 @@ class Service:
 
     @classmethod
     def create(cls, config: Config) -> Service:
-        return cls(config, Notifier.from_env(), Metrics(__version__))
+        return cls(config, Notifier.from_env(), Metrics(__version__), GpuMonitor())
 
     @property
     def watchdog_interval(self) -> float | None:
@@ -79,6 +85,8 @@ class Service:
     def reconfigure(self, config: Config, spool: Spool) -> None:
         """Apply a reloaded config; raises ConfigError (old handlers kept) if a handler cannot be built."""
         self.handlers.reconfigure(config.handlers)
+        self.metrics.relisten(effective_listen(config.metrics.listen))
+        setup_logging(config.logging.level, config.logging.format)
         self.config = config
         self.handlers.resume(spool.root)
         self.metrics.handlers_configured(h.name for h in config.handlers)
@@ -89,6 +97,7 @@ class Service:
     def stop(self) -> None:
         self.handlers.stop(timeout=5.0)
         self.metrics.stop_server()
+        self.gpu.close()
         self.notifier.close()
 
     # ---- while running -----------------------------------------------------------------------
@@ -98,10 +107,17 @@ class Service:
         self.notifier.status(status)
         self.notifier.watchdog()
 
+    @contextmanager
+    def loading(self, model: str) -> Iterator[None]:
+        self.beat(f"loading model {model}")
+        with self.notifier.watchdog_grace(MODEL_LOAD_GRACE_SECONDS):
+            yield
+
     def run_hooks(self, should_stop: Callable[[], bool]) -> _RunHooks:
         return _RunHooks(self, should_stop)
 
     def refresh(self, spool: Spool) -> None:
+        """Spool gauges, GPU gauges and the GPU health gate, at most every few seconds."""
         now = time.monotonic()
         if now - self._last_handler_scan >= HANDLER_RESCAN_SECONDS:
             self._last_handler_scan = now
@@ -110,6 +126,18 @@ class Service:
             return
         self._last_refresh = now
         self.metrics.update_spool(spool.root)
+        if not self.gpu.available:
+            return
+        samples = self.gpu.sample()
+        self.metrics.gpu(samples)
+        reason = gpu_health(samples, self.config.health.max_gpu_temperature)
+        paused = f"paused, not taking new jobs: {reason}" if reason else None
+        if paused != self.paused_reason:
+            if paused:
+                log.warning("%s", paused)
+            else:
+                log.info("GPU healthy again; taking jobs")
+        self.paused_reason = paused
 
     def model_changed(self, model: str | None, load_seconds: float | None) -> None:
         self.metrics.model_loaded(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from spoold.config import Config
 from spoold.engine import load_engine
@@ -14,6 +15,8 @@ from spoold.profiles import ModelProfile
 log = logging.getLogger(__name__)
 
 Loader = Callable[[Config, ModelProfile], Engine]
+LoadGuard = Callable[[str], AbstractContextManager[None]]
+"""Wraps a model load (the service lends the watchdog a long grace for it)."""
 
 
 class EngineManager:
@@ -22,10 +25,12 @@ class EngineManager:
         config: Config,
         loader: Loader = load_engine,
         on_change: Callable[[str | None, float | None], None] | None = None,
+        load_guard: LoadGuard | None = None,
     ) -> None:
         self.config = config
         self._loader = loader
         self._on_change = on_change or (lambda model, seconds: None)
+        self._load_guard: LoadGuard = load_guard or (lambda model: nullcontext())
         self._engine: Engine | None = None
         self._last_used = time.monotonic()
         self.switches = 0
@@ -45,7 +50,8 @@ class EngineManager:
             self.unload()
         log.info("loading model %s (%s)", profile.name, profile.model)
         started = time.monotonic()
-        engine = self._loader(self.config, profile)
+        with self._load_guard(profile.name):
+            engine = self._loader(self.config, profile)
         seconds = time.monotonic() - started
         log.info("model %s loaded in %.1f s", profile.name, seconds)
         self._engine = engine

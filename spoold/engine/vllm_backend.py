@@ -90,9 +90,9 @@ class VllmEngine(Engine):
             raise
         except Exception as exc:  # noqa: BLE001 - any vLLM start-up failure is a model-load failure
             log.error("loading model %s (%s) failed", profile.name, model_path, exc_info=True)
-            raise ModelLoadError(f"model {profile.name} failed to load: {_one_line(exc)}") from exc
+            raise ModelLoadError(_load_reason(exc)) from exc
         seconds = time.monotonic() - started
-        log.info("model %s loaded from %s in %.1fs", profile.name, model_path, seconds)
+        log.debug("model %s loaded from %s in %.1fs", profile.name, model_path, seconds)
         return cls(profile.name, llm, dict(profile.sampling), seconds)
 
     # ---- the Engine interface --------------------------------------------------------------
@@ -211,9 +211,10 @@ class VllmEngine(Engine):
     def _result(self, pending: _Pending, output: Any) -> EngineResult:
         request = pending.request
         completions = sorted(output.outputs, key=lambda c: c.index)
-        failed = [c for c in completions if str(c.finish_reason) == "error"]
+        failed = [str(c.finish_reason) for c in completions if str(c.finish_reason) in ("error", "abort")]
         if failed or not completions:
-            return _error(request, "engine_error", "vLLM reported an internal error for this request")
+            reason = failed[0] if failed else "no output"
+            return _error(request, "engine_error", f"vLLM ended this request without a result ({reason})")
         choices = []
         for c in completions:
             choice: dict[str, Any] = {
@@ -248,7 +249,7 @@ def resolve_model_path(profile: ModelProfile, state_dir: Path) -> str:
         try:
             return str(tinymodel.ensure_builtin(profile.model, state_dir))
         except (ValueError, OSError) as exc:
-            raise ModelLoadError(f"model {profile.name}: cannot build {profile.model}: {exc}") from exc
+            raise ModelLoadError(f"cannot build {profile.model}: {exc}") from exc
     return profile.model
 
 
@@ -335,6 +336,26 @@ def _error(request: EngineRequest, code: str, message: str) -> EngineResult:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _load_reason(exc: BaseException) -> str:
+    """The most telling line: vLLM's engine-core failure only says "see root cause above"."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        errors = getattr(cause, "errors", None)
+        if isinstance(cause, ValueError) and callable(errors):  # pydantic: vLLM's config checks
+            with contextlib.suppress(Exception):
+                messages = [str(e["msg"]).removeprefix("Value error, ").splitlines()[0] for e in errors()]
+                return _shorten("; ".join(messages))
+        text = _one_line(cause)
+        if "root cause" not in text.lower():
+            return _shorten(f"{type(cause).__name__}: {text}")
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__}: {_one_line(exc)} (details in the log above)"
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def _template_error() -> type[Exception]:
