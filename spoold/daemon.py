@@ -164,6 +164,7 @@ class Daemon:
             log.exception("unexpected error; the job will be retried", extra={"job": job.name})
             self._not_before[job.name] = time.time() + 30
             return True
+        self.engines.touch()  # idle time counts from the end of the last job
         if outcome in (Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED):
             self.service.job_done(outcome.value, time.monotonic() - started)
         return True

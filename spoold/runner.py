@@ -120,10 +120,14 @@ class JobRunner:
     def _infer(self, profile: ModelProfile) -> Outcome:
         rec = self.record
         self._beat(f"loading model {profile.name} for {self.job.name}")
-        try:
-            engine = self.ctx.engines.get(profile)
-        except ModelLoadError as exc:
-            return self._engine_failed(f"model {profile.name} failed to load: {exc}")
+        with leases.kept_during(self.job, self.lease, self.ctx.config.lease_seconds / 3) as fresh:
+            try:
+                engine: Engine | None = self.ctx.engines.get(profile)
+            except ModelLoadError as exc:
+                engine, load_error = None, str(exc)
+        self.lease = fresh[0]
+        if engine is None:
+            return self._engine_failed(f"model {profile.name} failed to load: {load_error}")
         if rec.in_progress_at is None:
             rec.in_progress_at = time.time()
         rec.status = "in_progress"
@@ -310,6 +314,7 @@ class JobRunner:
         self._write_live_batch("validating")
         def keep_going(lines: int) -> bool:
             self._beat(f"validating {self.job.name}: {lines} lines read")
+            self._renew_lease()
             return not self.ctx.hooks.should_stop()
 
         summary = validate_file(self.job.input, self.model or "", keep_going)

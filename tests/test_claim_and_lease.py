@@ -139,3 +139,16 @@ def test_move_job_refuses_unknown_transitions_and_never_overwrites(tmp_path: Pat
         assert "cannot move" in str(exc)
     else:
         raise AssertionError("done -> processing must be refused")
+
+
+def test_lease_is_kept_alive_while_the_caller_blocks(tmp_path: Path) -> None:
+    import time
+
+    job = JobDir(tmp_path / "job")
+    job.state.mkdir(parents=True)
+    lease = leases.acquire(job, "n1", None)
+    assert lease is not None
+    with leases.kept_during(job, lease, interval=0.05) as fresh:
+        time.sleep(0.3)  # stands in for a model load
+    assert fresh[0].renewed_at > lease.renewed_at
+    assert leases.current(job).renewed_at == fresh[0].renewed_at
