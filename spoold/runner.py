@@ -140,6 +140,10 @@ class JobRunner:
         except EngineFailure as exc:
             self._commit()  # what finished before the failure is good: keep it
             self.ctx.engines.unload()
+            if self.ctx.hooks.should_stop():  # Ctrl-C reaches vLLM's workers too: a stop, not a failure
+                rec.open_attempt = False
+                self.job.save_record(rec)
+                return Outcome.STOPPED
             return self._engine_failed(f"engine error: {exc}")
         finally:
             rec.run_seconds += self._now() - started

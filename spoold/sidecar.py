@@ -7,17 +7,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from spoold.engine.sampling import SamplingError, check_defaults
 from spoold.errors import SidecarError, describe_validation_error, yaml_problem
-
-# OpenAI body keys a sidecar may default for every request of the job.
-SAMPLING_KEYS = frozenset(
-    {
-        "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "n",
-        "stop", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",
-        "logprobs", "top_logprobs", "ignore_eos", "response_format", "min_tokens",
-    }
-)  # fmt: skip
-
 
 def _stringify(value: Any) -> Any:
     """metadata is a string map; `year: 2026` in YAML should not be a user error."""
@@ -47,10 +38,11 @@ class Sidecar(BaseModel):
     @field_validator("sampling")
     @classmethod
     def _known_sampling(cls, value: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(value) - SAMPLING_KEYS)
-        if unknown:
-            raise ValueError(f"unknown sampling key(s) {', '.join(unknown)}")
-        return value
+        """The same check the engine applies to a profile's defaults: a typo is an error."""
+        try:
+            return check_defaults(value, source="")
+        except SamplingError as exc:
+            raise ValueError(str(exc)) from None
 
 
 def parse_sidecar(text: str | bytes, handler_names: set[str] | None = None) -> Sidecar:

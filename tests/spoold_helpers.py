@@ -113,6 +113,7 @@ class SpooldProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "spoold", "run", "--config", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.root,
+                start_new_session=True,  # its own process group, like a systemd unit's cgroup
             )  # fmt: skip
         return self
 
@@ -121,8 +122,12 @@ class SpooldProcess:
         self.proc.send_signal(signum)
 
     def kill(self) -> None:
+        """kill -9 as systemd does it: the daemon and every process it started (vLLM workers)."""
         assert self.proc is not None
-        self.proc.kill()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.proc.wait(timeout=30)
 
     def stop(self, timeout: float = 60) -> int:
@@ -167,8 +172,11 @@ class SpooldProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # also any worker a stopped daemon left
+            except ProcessLookupError:
+                pass
             self.proc.wait(timeout=30)
 
 

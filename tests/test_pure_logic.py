@@ -146,7 +146,8 @@ def test_sidecar_rules() -> None:
     assert s.model == "m" and s.metadata == {"year": "2026", "ok": "true"}
     for text, words in [
         ("modle: x\n", "modle: unknown key"),
-        ("sampling: {max_tokns: 5}\n", "unknown sampling key"),
+        ("sampling: {max_tokns: 5}\n", "max_tokns: unknown sampling parameter"),
+        ("sampling: {temperature: hot}\n", "temperature"),
         ("handlers: [nope]\n", "unknown handler"),
         ("- a\n", "must be a YAML mapping"),
         ("a: [\n", "not valid YAML"),

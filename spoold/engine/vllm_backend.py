@@ -206,7 +206,15 @@ class VllmEngine(Engine):
             structured_outputs=StructuredOutputsParams(**structured) if structured else None,
             output_kind=RequestOutputKind.FINAL_ONLY,  # one output per request, all n choices together
         )
-        self._llm.add_request(request_id, {"prompt_token_ids": prompt_ids}, params)
+        self._llm.add_request(request_id, self._engine_input(prompt_ids), params)
+
+    def _engine_input(self, prompt_ids: list[int]) -> Any:
+        """vLLM 0.32 wants prompts pre-rendered by its renderer; older versions take the plain dict."""
+        prompt = {"prompt_token_ids": prompt_ids}
+        renderer = getattr(self._llm, "renderer", None)
+        if renderer is None or not hasattr(renderer, "render_cmpl"):
+            return prompt
+        return renderer.render_cmpl([prompt])[0]
 
     def _result(self, pending: _Pending, output: Any) -> EngineResult:
         request = pending.request
