@@ -79,8 +79,10 @@ def main() -> int:
     say(f"starting spoold (log: {log_path})")
     with open(log_path, "ab") as log:
         daemon = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(CONFIG)], stdout=log, stderr=subprocess.STDOUT)
+    daemon_started = time.monotonic()
     try:
         results = [wait_finished(n, daemon) for n in names]
+        wall = time.monotonic() - daemon_started
     finally:
         daemon.send_signal(signal.SIGTERM)
         code = daemon.wait(timeout=120)
@@ -94,6 +96,8 @@ def main() -> int:
         rate = usage["completion_tokens"] / seconds if seconds else 0.0
         print(f"{job.name:<28} {batch['status']:<10} {counts['total']:>8} {counts['completed']:>4} {counts['failed']:>4} "
               f"{usage['total_tokens']:>7} {seconds:>8.2f} {rate:>8.0f}")  # fmt: skip
+    print(f"\nall {len(results)} jobs finished {wall:.1f} s after the daemon started (model load included; "
+          "'seconds' above is inference time only)")
     print()
     for job in results:
         say(f"results: {job}/output.jsonl, errors: {job}/errors.jsonl, status: {job}/batch.json")
