@@ -1,0 +1,205 @@
+"""spoold benchmarks: `make bench` writes benchmarks/results.md.
+
+1. Real vLLM on the tiny model: spoold (daemon, checkpoints every chunk) against
+   vLLM's own batch runner and against one in-process LLM.generate (no
+   checkpoints at all: the ceiling).
+2. The pipeline without inference (echo backend): lines/s and the daemon's
+   peak memory, and what checkpoint frequency costs.
+3. The validating pass: lines/s and peak memory on a large file.
+
+Every number is measured on this machine when the script runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PROMPTS = ["Tell me about {}.", "Write a line on {}.", "Explain {} briefly.", "Why is {} useful?"]
+
+
+def chat_body(i: int, max_tokens: int) -> dict:
+    text = PROMPTS[i % len(PROMPTS)].format(f"item {i}")
+    return {"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True}
+
+
+def write_requests(path: Path, n: int, max_tokens: int, model: str | None = None) -> None:
+    with open(path, "w") as fh:
+        for i in range(n):
+            body = chat_body(i, max_tokens)
+            if model:
+                body["model"] = model
+            fh.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}) + "\n")
+
+
+def run_spoold(work: Path, backend: str, n: int, max_tokens: int, chunk_size: int, state_dir: Path, window: int = 256) -> dict:
+    """Start the real daemon, drop one job, wait for it; returns timings and the daemon's peak RSS."""
+    spool = work / f"spool-{backend}-{n}-{chunk_size}"
+    for s in ("inbox", "processing", "done", "failed"):
+        (spool / s).mkdir(parents=True, exist_ok=True)
+    config = {
+        "spool_dir": str(spool), "node_id": "bench",
+        "watch": {"settle_seconds": 0.2, "poll_interval": 0.2},
+        "engine": {"backend": backend, "state_dir": str(state_dir), "window": window},
+        "chunk_size": chunk_size, "metrics": {"listen": ""}, "logging": {"format": "text", "level": "warning"},
+    }  # fmt: skip
+    cfg = work / f"spoold-{backend}-{n}-{chunk_size}.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    write_requests(spool / "inbox" / ".job.jsonl.tmp", n, max_tokens)
+    os.rename(spool / "inbox" / ".job.jsonl.tmp", spool / "inbox" / "job.jsonl")
+    (spool / "inbox" / "job.yaml").write_text("{}\n")
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(cfg)], stderr=subprocess.DEVNULL)
+    batch_path = spool / "done" / "job" / "batch.json"
+    while not batch_path.exists():
+        if proc.poll() is not None:
+            raise SystemExit(f"spoold exited with {proc.returncode}")
+        time.sleep(0.05)
+    wall = time.monotonic() - started
+    proc.terminate()
+    _, _, usage = os.wait4(proc.pid, 0)  # this daemon's own peak RSS (vLLM's engine core is a separate process)
+    proc.returncode = 0
+    batch = json.loads(batch_path.read_text())
+    return {
+        "wall": wall,
+        "running": batch["spoold"]["durations"]["running_seconds"],
+        "completion_tokens": batch["usage"]["completion_tokens"],
+        "records": batch["request_counts"]["completed"] + batch["request_counts"]["failed"],
+        "chunks": batch["spoold"]["chunks"]["done"],
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def run_vllm_run_batch(work: Path, n: int, max_tokens: int, model_dir: Path) -> dict:
+    """vLLM's own batch runner on the same requests (reads the whole file, gathers every request)."""
+    inp, out = work / "run_batch_in.jsonl", work / "run_batch_out.jsonl"
+    write_requests(inp, n, max_tokens, model=str(model_dir))
+    started = time.monotonic()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.launchers.run_batch", "-i", str(inp), "-o", str(out),
+           "--model", str(model_dir), "--enforce-eager", "--max-model-len", "512", "--dtype", "float32", "--disable-log-stats"]  # fmt: skip
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.monotonic() - started
+    tokens = sum(json.loads(line)["response"]["body"]["usage"]["completion_tokens"] for line in out.read_text().splitlines())
+    return {"wall": wall, "completion_tokens": tokens}
+
+
+GENERATE_SCRIPT = """
+import json, sys, time
+from vllm import LLM, SamplingParams
+sys.path.insert(0, {here!r})
+from run import chat_body
+n, max_tokens, model = {n}, {max_tokens}, {model!r}
+t0 = time.monotonic()
+llm = LLM(model=model, enforce_eager=True, max_model_len=512, dtype="float32")
+load = time.monotonic() - t0
+tok = llm.get_tokenizer()
+prompts = []
+params = []
+for i in range(n):
+    body = chat_body(i, max_tokens)
+    ids = tok.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=True)
+    prompts.append({{"prompt_token_ids": list(ids)}})
+    params.append(SamplingParams(max_tokens=max_tokens, temperature=0.8, seed=i, ignore_eos=True))
+t1 = time.monotonic()
+outs = llm.generate(prompts, params, use_tqdm=False)
+gen = time.monotonic() - t1
+print(json.dumps({{"load": load, "generate": gen, "completion_tokens": sum(len(o.outputs[0].token_ids) for o in outs)}}))
+"""
+
+
+def run_generate(n: int, max_tokens: int, model_dir: Path) -> dict:
+    script = GENERATE_SCRIPT.format(here=str(HERE), n=n, max_tokens=max_tokens, model=str(model_dir))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
+        fh.write("if __name__ == '__main__':\n" + "\n".join("    " + line for line in script.splitlines()))
+    out = subprocess.run([sys.executable, fh.name], check=True, capture_output=True, text=True, env=env)
+    os.unlink(fh.name)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_validate(work: Path, n: int) -> dict:
+    path = work / "validate.jsonl"
+    write_requests(path, n, 16)
+    code = (
+        "import json, resource, sys, time; from pathlib import Path; from spoold.validate import validate_file\n"
+        "t = time.monotonic(); s = validate_file(Path(sys.argv[1]), 'tiny-random'); d = time.monotonic() - t\n"
+        "print(json.dumps({'seconds': d, 'lines': s.lines, 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True)
+    result = json.loads(out.stdout)
+    result["mb"] = path.stat().st_size / 1e6
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2048, help="requests for the vLLM comparison")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--echo-lines", type=int, default=200_000)
+    parser.add_argument("--validate-lines", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, default=HERE / "results.md")
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from spoold.tinymodel import ensure_builtin
+
+    rows: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="spoold-bench-") as tmp:
+        work = Path(tmp)
+        state = ROOT / ".state"
+        model_dir = ensure_builtin("builtin:tiny-random", state)
+        n, mt = args.requests, args.max_tokens
+
+        print("vLLM: spoold ...", flush=True)
+        sp = run_spoold(work, "vllm", n, mt, 256, state)
+        print("vLLM: run_batch ...", flush=True)
+        rb = run_vllm_run_batch(work, n, mt, model_dir)
+        print("vLLM: LLM.generate ...", flush=True)
+        gen = run_generate(n, mt, model_dir)
+        rows.append(f"\n## Real vLLM, tiny-random, {n} chat requests x {mt} tokens (seeded sampling)\n")
+        rows.append("| runner | wall s (incl. model load) | inference s | generated tokens | generated tok/s (inference) | checkpoints |")
+        rows.append("|---|---:|---:|---:|---:|---:|")
+        rows.append(f"| spoold daemon (window 256, chunk 256) | {sp['wall']:.1f} | {sp['running']:.1f} | {sp['completion_tokens']} | {sp['completion_tokens'] / sp['running']:.0f} | {sp['chunks']} |")
+        rows.append(f"| vLLM run_batch (whole file at once) | {rb['wall']:.1f} | - | {rb['completion_tokens']} | - | 0 |")
+        rows.append(f"| LLM.generate, one call (ceiling) | {gen['load'] + gen['generate']:.1f} | {gen['generate']:.1f} | {gen['completion_tokens']} | {gen['completion_tokens'] / gen['generate']:.0f} | 0 |")
+
+        print("echo pipeline ...", flush=True)
+        rows.append(f"\n## Pipeline without inference (echo backend), {args.echo_lines} lines\n")
+        rows.append("| chunk_size | wall s | lines/s (running) | checkpoints | daemon peak RSS MB |")
+        rows.append("|---:|---:|---:|---:|---:|")
+        for chunk in (1000, 100):
+            r = run_spoold(work, "echo", args.echo_lines, 8, chunk, state, window=1024)
+            rows.append(f"| {chunk} | {r['wall']:.1f} | {r['records'] / r['running']:.0f} | {r['chunks']} | {r['peak_rss_mb']:.0f} |")
+
+        print("validating pass ...", flush=True)
+        v = run_validate(work, args.validate_lines)
+        rows.append(f"\n## Validating pass, {v['lines']} lines ({v['mb']:.0f} MB)\n")
+        rows.append("| seconds | lines/s | peak RSS MB |")
+        rows.append("|---:|---:|---:|")
+        rows.append(f"| {v['seconds']:.1f} | {v['lines'] / v['seconds']:.0f} | {v['rss_mb']:.0f} |")
+
+    head = [
+        "# spoold benchmark results",
+        "",
+        f"Written by `make bench` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) on {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, no GPU (vllm-cpu). "
+        "Peak RSS is the daemon process's own (vLLM's engine core runs in a separate process).",
+    ]
+    args.out.write_text("\n".join(head + rows) + "\n")
+    print(args.out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
