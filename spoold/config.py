@@ -7,11 +7,10 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spoold.durations import Seconds
-from spoold.errors import ConfigError, describe_validation_error, yaml_problem
+from spoold.errors import ConfigError, describe_validation_error, load_yaml_mapping
 from spoold.handlers.config import HandlerConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/spoold/spoold.yaml")
@@ -103,14 +102,7 @@ def config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
 
 
 def parse_config(text: str, source: str = "config") -> Config:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({yaml_problem(exc)})") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: must be a YAML mapping of settings")
+    data = load_yaml_mapping(text, source, ConfigError)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -49,3 +49,16 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     if mark is not None:
         return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
     return str(problem)
+
+
+def load_yaml_mapping(text: str | bytes, what: str, error: type[SpooldError]) -> dict[str, object]:
+    """YAML text that must be a mapping (empty is {}); anything else is `error` naming `what`."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{what} is not valid YAML ({yaml_problem(exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{what} must be a YAML mapping (key: value lines)")
+    return data

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from spoold.engine.sampling import SamplingError, check_defaults
-from spoold.errors import SidecarError, describe_validation_error, yaml_problem
+from spoold.errors import SidecarError, describe_validation_error, load_yaml_mapping
 
 def _stringify(value: Any) -> Any:
     """metadata is a string map; `year: 2026` in YAML should not be a user error."""
@@ -47,14 +46,7 @@ class Sidecar(BaseModel):
 
 def parse_sidecar(text: str | bytes, handler_names: set[str] | None = None) -> Sidecar:
     """Parse and check a sidecar; `handler_names` are the configured handlers it may pick."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SidecarError(f"sidecar is not valid YAML ({yaml_problem(exc)})") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SidecarError("sidecar must be a YAML mapping (key: value lines)")
+    data = load_yaml_mapping(text, "sidecar", SidecarError)
     try:
         sidecar = Sidecar.model_validate(data)
     except ValidationError as exc:

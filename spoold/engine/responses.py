@@ -39,57 +39,41 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_completion(
+def _completion(
+    kind: str,
     model: str,
     choices: list[dict[str, Any]],
     prompt_tokens: int,
     completion_tokens: int,
-    created: int | None = None,
+    created: int | None,
 ) -> dict[str, Any]:
-    """`choices` items: {"text", "finish_reason", "logprobs"(optional)}."""
+    chat = kind == "chat.completion"
+    shaped = []
+    for i, c in enumerate(choices):
+        content: dict[str, Any] = {"message": {"role": "assistant", "content": c["text"]}} if chat else {"text": c["text"]}
+        shaped.append({"index": i, **content, "logprobs": c.get("logprobs"),
+                       "finish_reason": c.get("finish_reason", "stop"), "stop_reason": c.get("stop_reason")})  # fmt: skip
     return {
-        "id": new_id("chatcmpl"),
-        "object": "chat.completion",
+        "id": new_id("chatcmpl" if chat else "cmpl"),
+        "object": kind,
         "created": int(created if created is not None else time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c["text"]},
-                "logprobs": c.get("logprobs"),
-                "finish_reason": c.get("finish_reason", "stop"),
-                "stop_reason": c.get("stop_reason"),
-            }
-            for i, c in enumerate(choices)
-        ],
+        "choices": shaped,
         "usage": usage(prompt_tokens, completion_tokens),
     }
+
+
+def chat_completion(
+    model: str, choices: list[dict[str, Any]], prompt_tokens: int, completion_tokens: int, created: int | None = None
+) -> dict[str, Any]:
+    """`choices` items: {"text", "finish_reason", "stop_reason", "logprobs"} (all but text optional)."""
+    return _completion("chat.completion", model, choices, prompt_tokens, completion_tokens, created)
 
 
 def text_completion(
-    model: str,
-    choices: list[dict[str, Any]],
-    prompt_tokens: int,
-    completion_tokens: int,
-    created: int | None = None,
+    model: str, choices: list[dict[str, Any]], prompt_tokens: int, completion_tokens: int, created: int | None = None
 ) -> dict[str, Any]:
-    return {
-        "id": new_id("cmpl"),
-        "object": "text_completion",
-        "created": int(created if created is not None else time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": i,
-                "text": c["text"],
-                "logprobs": c.get("logprobs"),
-                "finish_reason": c.get("finish_reason", "stop"),
-                "stop_reason": c.get("stop_reason"),
-            }
-            for i, c in enumerate(choices)
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
+    return _completion("text_completion", model, choices, prompt_tokens, completion_tokens, created)
 
 
 def _finite(logprob: float) -> float:
