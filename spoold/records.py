@@ -8,6 +8,9 @@ from typing import Any
 from pydantic import BaseModel
 
 
+_LINE_BREAKERS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
+
+
 class RecordError(BaseModel):
     code: str
     message: str
@@ -27,7 +30,9 @@ class BatchRecord(BaseModel):
     error: RecordError | None
 
     def to_line(self) -> bytes:
-        return (self.model_dump_json() + "\n").encode("utf-8")
+        """One JSON line. U+2028, U+2029 and U+0085 are escaped: valid JSON either way, but
+        str.splitlines() and JavaScript line readers would split a record on them."""
+        return (self.model_dump_json().translate(_LINE_BREAKERS) + "\n").encode("utf-8")
 
 
 def _ids() -> tuple[str, str]:

@@ -43,12 +43,17 @@ def drop_job(inbox: Path, name: str, lines: list[Any], sidecar: dict[str, Any] |
         os.rename(inbox / f".{name}.yaml.tmp", inbox / f"{name}.yaml")
 
 
+def jsonl_lines(path: Path) -> list[str]:
+    """Split on newlines only: str.splitlines() also splits on U+2028 and \\x1e, which models emit."""
+    return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
 def read_records(job_dir: Path) -> list[dict[str, Any]]:
     records = []
     for name in ("output.jsonl", "errors.jsonl"):
         path = job_dir / name
         if path.exists():
-            records.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+            records.extend(json.loads(line) for line in jsonl_lines(path))
     return records
 
 

@@ -32,7 +32,7 @@ def test_dropped_job_becomes_results(tmp_path: Path) -> None:
         assert batch["metadata"] == {"project": "churn"}
         assert batch["spoold"]["chunks"]["done"] >= 4
         assert batch["usage"]["total_tokens"] == batch["usage"]["prompt_tokens"] + batch["usage"]["completion_tokens"] > 0
-        out = json.loads((job / "output.jsonl").read_text().splitlines()[0])
+        out = json.loads((job / "output.jsonl").read_text().split("\n")[0])
         assert out["response"]["status_code"] == 200 and out["error"] is None
         assert out["response"]["body"]["object"] == "chat.completion"
         assert (job / "input.jsonl").read_bytes() == b"".join(json.dumps(x).encode() + b"\n" for x in lines)
@@ -130,7 +130,7 @@ def test_bad_sidecar_fails_the_job_with_a_reason(tmp_path: Path) -> None:
             assert "\n" not in message
             assert words.split(":")[0] in d.log()
         ratio = d.job_dir("failed", "ratio")
-        assert len((ratio / "errors.jsonl").read_text().splitlines()) == 2
+        assert len((ratio / "errors.jsonl").read_text().strip().split("\n")) == 2
         assert (ratio / "input.jsonl").exists() and (ratio / "meta.yaml").exists()
 
 

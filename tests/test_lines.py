@@ -70,3 +70,12 @@ def test_cut_off_last_line_says_the_upload_may_be_incomplete() -> None:
 def test_error_keeps_custom_id_when_known() -> None:
     r = parse({"custom_id": "keep", "url": "/v1/nope", "body": {}})
     assert isinstance(r, LineError) and r.custom_id == "keep"
+
+
+def test_record_lines_survive_splitlines() -> None:
+    from spoold.records import success_record
+
+    text = "a\u2028b\u2029c\x85d\x1ee\nf"
+    line = success_record("x", {"choices": [{"text": text}]}).to_line().decode()
+    assert line.endswith("\n") and len(line.splitlines()) == 1
+    assert json.loads(line)["response"]["body"]["choices"][0]["text"] == text

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, wait_for
+from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, jsonl_lines, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -42,7 +42,7 @@ def test_jobs_through_real_vllm_with_one_model_switch(tmp_path: Path, tiny_state
         job = d.wait_finished("chat", timeout=300)
         assert job.parent.name == "done"
         assert_exactly_once(job, [c["custom_id"] for c in chat])
-        outputs = {r["custom_id"]: r for r in map(json.loads, (job / "output.jsonl").read_text().splitlines())}
+        outputs = {r["custom_id"]: r for r in map(json.loads, jsonl_lines(job / "output.jsonl"))}
         body = outputs["c0"]["response"]["body"]
         assert body["object"] == "chat.completion" and body["model"] == "tiny-random"
         choice = body["choices"][0]
@@ -60,7 +60,7 @@ def test_jobs_through_real_vllm_with_one_model_switch(tmp_path: Path, tiny_state
 
         job = d.wait_finished("cmpl", timeout=120)
         assert job.parent.name == "done"
-        errors = {e["custom_id"]: e["error"] for e in map(json.loads, (job / "errors.jsonl").read_text().splitlines())}
+        errors = {e["custom_id"]: e["error"] for e in map(json.loads, jsonl_lines(job / "errors.jsonl"))}
         assert set(errors) == {"huge", "badparam"}
         assert errors["huge"]["line"] == 2 and "context" in errors["huge"]["code"] + errors["huge"]["message"]
         assert "temperature" in errors["badparam"]["message"]
