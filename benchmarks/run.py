@@ -103,38 +103,14 @@ def run_vllm_run_batch(work: Path, n: int, max_tokens: int, model_dir: Path) -> 
     return {"wall": wall, "completion_tokens": tokens, "errors": errors}
 
 
-GENERATE_SCRIPT = """
-import json, sys, time
-from vllm import LLM, SamplingParams
-sys.path.insert(0, {here!r})
-from run import chat_body
-n, max_tokens, model = {n}, {max_tokens}, {model!r}
-t0 = time.monotonic()
-llm = LLM(model=model, enforce_eager=True, max_model_len=512, dtype="float32")
-load = time.monotonic() - t0
-tok = llm.get_tokenizer()
-prompts = []
-params = []
-for i in range(n):
-    body = chat_body(i, max_tokens)
-    ids = tok.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=True)
-    prompts.append({{"prompt_token_ids": list(ids)}})
-    params.append(SamplingParams(max_tokens=max_tokens, temperature=0.8, seed=i, ignore_eos=True))
-t1 = time.monotonic()
-outs = llm.generate(prompts, params, use_tqdm=False)
-gen = time.monotonic() - t1
-print(json.dumps({{"load": load, "generate": gen, "completion_tokens": sum(len(o.outputs[0].token_ids) for o in outs)}}))
-"""
-
-
 def run_generate(n: int, max_tokens: int, model_dir: Path) -> dict:
-    script = GENERATE_SCRIPT.format(here=str(HERE), n=n, max_tokens=max_tokens, model=str(model_dir))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
-        fh.write("if __name__ == '__main__':\n" + "\n".join("    " + line for line in script.splitlines()))
-    out = subprocess.run([sys.executable, fh.name], check=True, capture_output=True, text=True, env=env)
-    os.unlink(fh.name)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE)}
+    cmd = [sys.executable, str(HERE / "generate_baseline.py"), str(n), str(max_tokens), str(model_dir)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"LLM.generate baseline failed:\n{out.stderr[-3000:]}")
+    # vLLM logs to stdout too: take our one JSON line
+    return json.loads(next(line for line in reversed(out.stdout.split("\n")) if line.startswith('{"load"')))
 
 
 def run_validate(work: Path, n: int) -> dict:

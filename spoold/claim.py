@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -50,10 +49,11 @@ def claim(spool: Spool, name: str, node: str) -> JobDir | None:
     created_at = _mtime(source)
     try:
         os.rename(source, staging / "input.jsonl")
+    except FileNotFoundError:
+        pass  # another daemon was first (or NFS misreported our success: the disk decides below)
     except OSError as exc:
-        log.debug("claim rename of %s reported %s; checking the disk", source, exc)
-    if not (staging / "input.jsonl").exists():
-        shutil.rmtree(staging, ignore_errors=True)
+        log.warning("cannot claim %s: %s", source.name, exc.strerror)
+    if not (staging / "input.jsonl").exists() and _remove_empty_staging(staging):
         return None
     fsync_dir(spool.inbox)
     return _complete(spool, staging, name, node, created_at)
@@ -73,12 +73,11 @@ def recover_claims(spool: Spool, node: str, lease_seconds: float) -> list[JobDir
         try:
             os.rename(staging, mine)  # take it over atomically before touching it
         except FileNotFoundError:
-            continue
+            pass  # someone else took it, or NFS misreported our success: look
         if not mine.exists():
             continue
-        if not (mine / "input.jsonl").exists():
-            shutil.rmtree(mine, ignore_errors=True)  # died before the claim rename: nothing was taken
-            continue
+        if not (mine / "input.jsonl").exists() and _remove_empty_staging(mine):
+            continue  # died before the claim rename: nothing was taken
         name = claimer.name if claimer else mine.name
         log.info("finishing an interrupted claim of %s", name)
         finished.append(_complete(spool, mine, name, node, _mtime(mine / "input.jsonl")))
@@ -108,6 +107,23 @@ def _complete(spool: Spool, staging: Path, name: str, node: str, created_at: flo
         job.save_record(record)
     log.info("claimed", extra={"job": final.name})
     return job
+
+
+def _remove_empty_staging(staging: Path) -> bool:
+    """Remove a staging folder that holds no input; never recursively, so a claimed input
+    that a stale NFS lookup hid is never deleted. True if it is gone."""
+    (staging / STATE_DIR / CLAIMER_FILE).unlink(missing_ok=True)
+    try:
+        for leftover in (staging / STATE_DIR).iterdir():
+            if leftover.name.startswith("."):
+                leftover.unlink(missing_ok=True)  # atomic-write temp files
+        (staging / STATE_DIR).rmdir()
+        staging.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # not empty after all: the input is there, carry on with the claim
+    return True
 
 
 def _read_claimer(staging: Path) -> Claimer | None:

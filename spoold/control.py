@@ -9,7 +9,7 @@ from pathlib import Path
 from spoold.claim import claim
 from spoold.errors import NoSuchJob, SidecarError, SpooldError
 from spoold.finish import FinishHooks, JobEnd, finish_job
-from spoold.fsutil import atomic_write_text, fsync_dir
+from spoold.fsutil import atomic_write_bytes, fsync_dir
 from spoold.handlers.config import AnyHandlerConfig
 from spoold.handlers.records import plan_runs
 from spoold.jobdir import JobDir
@@ -31,10 +31,10 @@ def requeue(spool: Spool, name: str) -> str:
     if target.exists() or marker.exists():
         raise SpooldError(f"a job named {name} is already waiting in the inbox")
     job = JobDir(path)
-    sidecar_text = job.meta.read_text(encoding="utf-8") if job.meta.exists() else "{}\n"
+    sidecar = job.meta.read_bytes() if job.meta.exists() else b"{}\n"  # bytes: moved as it is, whatever it holds
     os.rename(job.input, target)
     fsync_dir(spool.inbox)
-    atomic_write_text(marker, sidecar_text)
+    atomic_write_bytes(marker, sidecar)
     shutil.rmtree(path)
     fsync_dir(path.parent)
     return name

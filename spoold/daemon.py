@@ -5,6 +5,7 @@ Signal handlers only set flags; the loop does the logging, checkpointing and exi
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import threading
@@ -58,6 +59,9 @@ class Daemon:
         self.reload_requested = False
         self._sidecar_cache: dict[str, tuple[object, Candidate]] = {}
         self._not_before: dict[str, float] = {}
+        self._paused_until = 0.0
+        self._last_claim_recovery = time.time()
+        self._last_trouble: str | None = None
         self._watcher: InboxWatcher | None = None
         self.finish_hooks = FinishHooks()
         self.service.wire_finish(self.finish_hooks)
@@ -93,9 +97,13 @@ class Daemon:
         self.start()
         try:
             while not self.stop_requested:
-                worked = self.tick()
+                try:
+                    worked = self.tick()
+                except OSError as exc:
+                    self._disk_trouble(exc, None)
+                    worked = False
                 if not worked and not self.stop_requested:
-                    self.service.beat("idle: waiting for jobs" if not self.service.paused_reason else self.service.paused_reason)
+                    self.service.beat(self._idle_status())
                     self.wake.wait(min(self.config.watch.poll_interval, self._beat_interval()))
                     self.wake.clear()
         finally:
@@ -119,8 +127,11 @@ class Daemon:
         now = time.time() if now is None else now
         self.engines.unload_if_idle()
         self.service.refresh(self.spool)
-        if self.service.paused_reason:
+        if self.service.paused_reason or now < self._paused_until:
             return False
+        if now - self._last_claim_recovery >= self.config.lease_seconds:
+            self._last_claim_recovery = now
+            claims.recover_claims(self.spool, self.node, self.config.lease_seconds)
         choice = self._choose(now)
         if choice is None:
             return False
@@ -149,25 +160,55 @@ class Daemon:
             lease = leases.current(job)
             if choice.verdict is Verdict.NO_SIDECAR:
                 fail_reason = f"no sidecar {name}{SIDECAR_SUFFIX} arrived within {self.config.watch.orphan_seconds:g} s (watch.require_sidecar is on)"
+                record = job.load_record()
+                record.pending_failure = fail_reason  # a crash before it is finished must not run it
+                job.save_record(record)
         ctx = RunContext(
             config=self.config, node=self.node, spool_root=self.spool.root, profiles=self.profiles,
             engines=self.engines, hooks=self.service.run_hooks(lambda: self.stop_requested),
             finish_hooks=self.finish_hooks, handler_names={h.name for h in self.config.handlers},
         )  # fmt: skip
         started = time.monotonic()
+        runner = JobRunner(ctx, job, lease)
         try:
-            outcome = JobRunner(ctx, job, lease).run(fail_reason)
+            outcome = runner.run(fail_reason)
         except leases.LeaseLost as exc:
             log.error("%s", exc, extra={"job": job.name})
+            return True
+        except OSError as exc:  # disk full, NFS trouble: the job stays resumable; back off and say so
+            runner.abandon_attempt()
+            self._disk_trouble(exc, job.name)
             return True
         except Exception:  # a bug, not a user mistake: keep the daemon up, back off this job
             log.exception("unexpected error; the job will be retried", extra={"job": job.name})
             self._not_before[job.name] = time.time() + 30
             return True
         self.engines.touch()  # idle time counts from the end of the last job
+        self._last_trouble = None
         if outcome in (Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED):
             self.service.job_done(outcome.value, time.monotonic() - started)
         return True
+
+    def _idle_status(self) -> str:
+        if self.service.paused_reason:
+            return self.service.paused_reason
+        if self._last_trouble and time.time() < self._paused_until:
+            return f"paused: {self._last_trouble}"
+        return "idle: waiting for jobs"
+
+    def _disk_trouble(self, exc: OSError, job: str | None) -> None:
+        """One log line per distinct problem; pause new work a while instead of crashing or spinning."""
+        what = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        pause = min(60.0, 10 * self.config.watch.poll_interval)
+        if what != self._last_trouble:
+            log.error("%s: pausing new work for %.0f s%s", what, pause, "; jobs resume from their checkpoints" if full else "",
+                      extra={"job": job} if job else None)  # fmt: skip
+            self._last_trouble = what
+        self._paused_until = time.time() + pause
+        self.service.beat(f"paused: {what}")
+        if job:
+            self._not_before[job] = self._paused_until
 
     # ---- candidates --------------------------------------------------------------------------
 

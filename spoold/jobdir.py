@@ -38,6 +38,8 @@ class JobRecord(BaseModel):
     no_sidecar: bool = False
     run_seconds: float = 0.0
     failure_reason: str | None = None
+    pending_failure: str | None = None
+    """Set at claim when the job must fail (e.g. no sidecar): a crash before finishing must not run it."""
 
     @classmethod
     def new(cls, name: str, original_name: str, node: str, created_at: float) -> JobRecord:

@@ -9,6 +9,7 @@ lost the job and stops working on it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ValidationError
 
 from spoold.fsutil import atomic_write_json, fsync_dir, read_json
 from spoold.jobdir import JobDir
+
+log = logging.getLogger(__name__)
 
 _LEASE = re.compile(r"^lease\.(\d+)\.json$")
 
@@ -107,8 +110,10 @@ def kept_during(job: JobDir, lease: Lease, interval: float) -> Iterator[list[Lea
         while not done.wait(interval):
             try:
                 holder[0] = renew(job, holder[0])
-            except (LeaseLost, OSError):
-                return
+            except LeaseLost:
+                return  # the caller finds out at its next renew and stops
+            except OSError as exc:  # a passing NFS error: keep trying, a lapse would invite a takeover
+                log.warning("renewing the lease of %s failed (%s); retrying", job.name, exc.strerror)
 
     thread = threading.Thread(target=renew_until_done, name="lease-keeper", daemon=True)
     thread.start()

@@ -7,6 +7,7 @@ how out-of-order completion is recorded).
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable
@@ -16,14 +17,14 @@ from pathlib import Path
 from typing import Protocol
 
 from spoold import lease as leases
-from spoold.batch import build_batch
+from spoold.batch import FINAL_STATUSES, build_batch
 from spoold.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
 from spoold.config import Config
 from spoold.engine.base import Engine, EngineFailure, EngineRequest, EngineResult, ModelLoadError
 from spoold.engine.manager import EngineManager
 from spoold.errors import SidecarError, UnknownModel
 from spoold.finish import FinishHooks, JobEnd, finish_job
-from spoold.fsutil import atomic_write_json, read_json
+from spoold.fsutil import atomic_write_json, read_json, truncate_to
 from spoold.jobdir import JobDir, JobRecord
 from spoold.lines import LineError, parse_line
 from spoold.profiles import ModelProfile, resolve_model
@@ -34,6 +35,10 @@ from spoold.validate import ValidationInterrupted, ValidationSummary, duplicate_
 from spoold.writer import ResultWriter
 
 log = logging.getLogger(__name__)
+
+FILL_BUDGET = 1000
+"""Lines read per pass of the fill loop before the loop beats and checks for stop/cancel."""
+UNREADABLE = (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOENT)
 
 
 class Outcome(str, Enum):
@@ -87,9 +92,17 @@ class JobRunner:
 
     def run(self, fail_reason: str | None = None) -> Outcome:
         rec, cfg = self.record, self.ctx.config
+        if rec.status in FINAL_STATUSES:  # finished, but the crash came before the final rename
+            try:
+                self.sidecar = self._load_sidecar()
+            except SidecarError:
+                pass
+            self.model = self.sidecar.model or cfg.engine.default_model
+            return self._end(JobEnd(rec.status, rec.failure_reason))
         if rec.open_attempt:
             rec.failures += 1
             rec.last_error = "the previous run ended without a clean stop (crash, kill or power loss)"
+        fail_reason = fail_reason or rec.pending_failure
         try:
             self.sidecar = self._load_sidecar()
             self.model = self.sidecar.model or cfg.engine.default_model
@@ -106,16 +119,28 @@ class JobRunner:
         self.job.save_record(rec)
         try:
             self.validation = self._validation()
+            reason = fatal_reason(self.validation, self.sidecar.max_error_ratio)
+            if reason and not self._write_line_errors_only():
+                raise ValidationInterrupted()
         except ValidationInterrupted:
-            rec.open_attempt = False
-            self.job.save_record(rec)
+            self.abandon_attempt()
             return Outcome.STOPPED
-        reason = fatal_reason(self.validation, self.sidecar.max_error_ratio)
+        except OSError as exc:
+            if exc.errno not in UNREADABLE:
+                raise
+            return self._end(JobEnd("failed", f"cannot read the input file: {exc.strerror}"))
         if reason:
-            self._write_line_errors_only()
             listed = [e.model_dump() for e in self.validation.errors]
             return self._end(JobEnd("failed", reason, listed))
         return self._infer(profile)
+
+    def abandon_attempt(self) -> None:
+        """This run ends without fault of the job (stop, disk full): it must not count as a failure."""
+        self.record.open_attempt = False
+        try:
+            self.job.save_record(self.record)
+        except OSError as exc:
+            log.warning("could not record the end of this run (%s); it may count as a failed attempt", exc.strerror, extra={"job": self.job.name})
 
     def _infer(self, profile: ModelProfile) -> Outcome:
         rec = self.record
@@ -141,15 +166,13 @@ class JobRunner:
             self._commit()  # what finished before the failure is good: keep it
             self.ctx.engines.unload()
             if self.ctx.hooks.should_stop():  # Ctrl-C reaches vLLM's workers too: a stop, not a failure
-                rec.open_attempt = False
-                self.job.save_record(rec)
+                self.abandon_attempt()
                 return Outcome.STOPPED
             return self._engine_failed(f"engine error: {exc}")
         finally:
             rec.run_seconds += self._now() - started
         if outcome is Outcome.STOPPED:
-            rec.open_attempt = False
-            self.job.save_record(rec)
+            self.abandon_attempt()
             line = self.checkpoint.next_line if self.checkpoint else 1
             log.info("stopped at line %d; it resumes from its checkpoint", line, extra={"job": self.job.name})
             return outcome
@@ -162,6 +185,11 @@ class JobRunner:
     def _process(self, engine: Engine) -> Outcome:
         cfg = self.ctx.config
         ckpt = self.checkpoint = load_checkpoint(self.job.checkpoint)
+        try:
+            self._renew_lease(force=True)  # never cut results files another daemon now owns
+        except leases.LeaseLost as exc:
+            log.error("%s; leaving it to its new owner", exc, extra={"job": self.job.name})
+            return Outcome.LOST
         try:
             self._writer = ResultWriter(self.job, ckpt.output_bytes, ckpt.errors_bytes)
         except ValueError as exc:
@@ -184,7 +212,9 @@ class JobRunner:
                         return stop
                     self._commit()
                     return stop
-                while not exhausted and engine.in_flight() < window:
+                budget = FILL_BUDGET  # bounded, so long runs of bad lines still reach the beat and stop checks
+                while not exhausted and engine.in_flight() < window and budget > 0:
+                    budget -= 1
                     raw = next(lines, None)
                     if raw is None:
                         exhausted = True
@@ -201,11 +231,11 @@ class JobRunner:
                         self._record_error(parsed)
                         continue
                     request = EngineRequest(parsed.line, parsed.custom_id, parsed.kind, {**self.sidecar.sampling, **parsed.body})
+                    # Open before add: if add raises, the checkpoint must still name this line as not done.
+                    self._progress.dispatched(raw.number, raw.offset)
                     rejected = engine.add(request)
                     if rejected is not None:
                         self._record_result(rejected)
-                    else:
-                        self._progress.dispatched(raw.number, raw.offset)
                 if engine.in_flight():
                     for result in engine.step():
                         self._record_result(result)
@@ -247,6 +277,7 @@ class JobRunner:
         if self._writer.pending == 0 and self.checkpoint and self._progress.low_water()[0] == self.checkpoint.next_line:
             return
         output_bytes, errors_bytes = self._writer.flush()
+        self._renew_lease(force=True)  # a stall in the flush may have cost us the job: then commit nothing
         line, offset, done_above = self._progress.commit_view()
         old, tally = self.checkpoint or Checkpoint(), self._tally
         self.checkpoint = Checkpoint(
@@ -326,11 +357,11 @@ class JobRunner:
         log.info("validated: %d requests, %d invalid", summary.lines, summary.invalid, extra={"job": self.job.name})
         return summary
 
-    def _write_line_errors_only(self) -> None:
-        """A job failing as a whole still lists each bad line in errors.jsonl."""
+    def _write_line_errors_only(self) -> bool:
+        """A job failing as a whole still lists each bad line in errors.jsonl. False if stopped part-way."""
         writer = ResultWriter(self.job, 0, 0)
-        failed = 0
         duplicates = set(self.validation.duplicates if self.validation else [])
+        failed = 0
         for raw in read_lines(self.job.input):
             parsed = parse_line(raw.data, raw.number, self.model or "", unterminated=raw.unterminated)
             if parsed is not None and not isinstance(parsed, LineError) and raw.number in duplicates:
@@ -338,8 +369,16 @@ class JobRunner:
             if isinstance(parsed, LineError):
                 writer.add(error_record(parsed.custom_id, parsed.line, parsed.code, parsed.message))
                 failed += 1
+            if raw.number % FILL_BUDGET == 0:
+                if writer.pending >= self._chunk_size():
+                    writer.flush()
+                self._beat(f"{self.job.name}: listing bad lines, line {raw.number}")
+                self._renew_lease()
+                if self.ctx.hooks.should_stop():
+                    return False
         writer.flush()
         self.checkpoint = Checkpoint(failed=failed, errors_bytes=writer.errors_bytes)
+        return True
 
     def _write_live_batch(self, status: str) -> None:
         batch = build_batch(
@@ -360,9 +399,20 @@ class JobRunner:
         self.job.save_record(rec)
         return Outcome.RETRY
 
-    def _end(self, end: JobEnd) -> Outcome:
+    def _load_state(self) -> None:
         if self.checkpoint is None and self.job.checkpoint.exists():
             self.checkpoint = load_checkpoint(self.job.checkpoint)
+        if self.validation is None and self.job.validation.exists():
+            self.validation = ValidationSummary.model_validate(read_json(self.job.validation))
+
+    def _end(self, end: JobEnd) -> Outcome:
+        self._load_state()
+        ckpt = self.checkpoint or Checkpoint()
+        for path, good in ((self.job.output, ckpt.output_bytes), (self.job.errors, ckpt.errors_bytes)):
+            try:
+                truncate_to(path, good)  # records appended after the last checkpoint were never committed
+            except ValueError as exc:
+                log.error("%s; finishing the job with the file as it is", exc, extra={"job": self.job.name})
         finish_job(
             self.ctx.spool_root, self.job, self.record, end, node=self.ctx.node, model=self.model,
             metadata=self.sidecar.metadata, handlers=self.sidecar.handlers, checkpoint=self.checkpoint,

@@ -78,10 +78,13 @@ def _job_row(job: JobDir, state: JobState, now: float) -> dict[str, Any]:
     node = extra.get("node")
     status = batch.get("status", "claimed")
     if state is JobState.PROCESSING:
-        lease = leases.current(job)
-        node = lease.node if lease else node
-        if job.cancel_requested():
-            status = "cancelling"
+        try:
+            lease = leases.current(job)
+            node = lease.node if lease else node
+            if job.cancel_requested():
+                status = "cancelling"
+        except OSError:
+            node = node or "?"
     started = extra.get("claimed_at") or _mtime(job.path)
     done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
     return _row(job.name, state.value, status, batch.get("model"), done, counts.get("total"), extra.get("rate_per_second"), now - started, node)

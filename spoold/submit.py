@@ -85,7 +85,7 @@ def submit(
 def _read_sidecar(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpooldError(f"cannot read sidecar {path}: {exc}") from None
     if not isinstance(data, dict):
         raise SpooldError(f"sidecar {path} must be a YAML mapping")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from spoold.fsutil import append_durably, truncate_to
+from spoold.fsutil import append_durably, fsync_dir, truncate_to
 from spoold.jobdir import JobDir
 from spoold.records import BatchRecord
 
@@ -19,10 +19,13 @@ log = logging.getLogger(__name__)
 class ResultWriter:
     def __init__(self, job: JobDir, output_bytes: int, errors_bytes: int) -> None:
         self.job = job
+        created = not (job.output.exists() and job.errors.exists())
         for path, good in ((job.output, output_bytes), (job.errors, errors_bytes)):
             cut = truncate_to(path, good)
             if cut:
                 log.info("cut a torn tail of %d bytes from %s", cut, path.name, extra={"job": job.name})
+        if created:
+            fsync_dir(job.path)  # the checkpoint will name these files: their names must be durable first
         self.output_bytes = output_bytes
         self.errors_bytes = errors_bytes
         self._output: list[bytes] = []

@@ -72,6 +72,15 @@ def assert_exactly_once(job_dir: Path, custom_ids: list[str]) -> None:
     assert not missing and not twice and not extra, f"missing={missing[:10]} twice={list(twice)[:10]} extra={extra[:10]}"
 
 
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a spoold child process; a relative PYTHONPATH is made absolute,
+    since children run in a temp directory (else they would import another copy of spoold)."""
+    env = {**os.environ, **(extra or {})}
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    return env
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -113,7 +122,7 @@ class SpooldProcess:
         return self.spool / "inbox"
 
     def start(self, env: dict[str, str] | None = None) -> SpooldProcess:
-        full_env = {**os.environ, **(env or {})}
+        full_env = child_env(env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "spoold", "run", "--config", str(self.config_path)],
@@ -167,7 +176,7 @@ class SpooldProcess:
     def cli(self, *args: str, check: bool = False, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "spoold", *args, *([] if "--config" in args else ["--config", str(self.config_path)])],
-            capture_output=True, text=True, cwd=self.root, input=input_text, timeout=120,
+            capture_output=True, text=True, cwd=self.root, input=input_text, timeout=120, env=child_env(),
         )  # fmt: skip
         if check:
             assert result.returncode == 0, result.stderr

@@ -70,9 +70,9 @@ def test_interrupted_claim_is_finished_on_restart(tmp_path: Path) -> None:
     assert list(spool.inbox.iterdir()) == []
 
 
-def _acquire_worker(path: str, node: str, start: mp.synchronize.Event, out: mp.Queue) -> None:  # type: ignore[name-defined]
+def _acquire_worker(path: str, node: str, start: mp.synchronize.Barrier, out: mp.Queue) -> None:  # type: ignore[name-defined]
     job = JobDir(Path(path))
-    seen = leases.current(job)
+    seen = leases.current(job)  # every worker judged the same stale lease (the daemon checks staleness first)
     start.wait()
     out.put((node, leases.acquire(job, node, seen) is not None))
 
@@ -83,11 +83,10 @@ def test_stale_lease_is_taken_over_by_exactly_one(tmp_path: Path) -> None:
     first = leases.acquire(job, "dead", None)
     assert first is not None
     ctx = mp.get_context("fork")
-    start, out = ctx.Event(), ctx.Queue()
+    start, out = ctx.Barrier(6), ctx.Queue()
     procs = [ctx.Process(target=_acquire_worker, args=(str(job.path), f"n{i}", start, out)) for i in range(6)]
     for p in procs:
         p.start()
-    start.set()
     results = [out.get(timeout=30) for _ in procs]
     for p in procs:
         p.join(timeout=30)

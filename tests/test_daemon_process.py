@@ -267,6 +267,15 @@ def test_cli_user_errors_are_one_line(tmp_path: Path) -> None:
             assert result.returncode != 0, args
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
             assert "Traceback" not in result.stderr
+        latin = tmp_path / "latin.jsonl"
+        latin.write_text('{"prompt": "x"}\n')
+        (tmp_path / "latin.yaml").write_bytes(b"metadata: {who: Jos\xe9}\n")
+        binary_config = tmp_path / "binary.yaml"
+        binary_config.write_bytes(b"\xff\xfe\x00")
+        for args in (("submit", str(latin)), ("status", "--config", str(binary_config))):
+            result = d.cli(*args)
+            assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert "Traceback" not in result.stderr
         bad = tmp_path / "bad.yaml"
         bad.write_text("spool_dir: [unclosed\n")
         result = d.cli("status", "--config", str(bad))

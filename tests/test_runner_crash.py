@@ -12,6 +12,7 @@ from spoold_helpers import assert_exactly_once, chat_line, drop_job
 
 from spoold import lease as leases
 from spoold.claim import claim
+from spoold.jobdir import JobDir
 from spoold.config import Config
 from spoold.engine.base import Engine, EngineRequest, EngineResult
 from spoold.engine.echo import EchoEngine
@@ -175,3 +176,99 @@ def test_lease_taken_over_stops_the_old_owner(tmp_path: Path) -> None:
     outcome = JobRunner(make_ctx(spool, ShuffledEngine(random.Random(0), None), Hooks(), config), job, old).run()
     assert outcome is Outcome.LOST
     assert job.path.exists() and not (job.output.exists() and job.output.stat().st_size)
+
+
+def _claimed(tmp_path: Path, lines: list[object], sidecar: dict) -> tuple[Spool, JobDir]:
+    spool = Spool(tmp_path)
+    spool.init()
+    drop_job(spool.inbox, "job", lines, sidecar)
+    job = claim(spool, "job", "n1")
+    assert job is not None
+    return spool, job
+
+
+def test_engine_dying_on_add_never_skips_a_line(tmp_path: Path) -> None:
+    from spoold.engine.base import EngineFailure
+
+    class DiesOnFirstAdd(ShuffledEngine):
+        def add(self, request: EngineRequest) -> EngineResult | None:
+            raise EngineFailure("engine core died while idle")
+
+    ids = [f"a{i}" for i in range(10)]
+    spool, job = _claimed(tmp_path, [chat_line(c, "hi") for c in ids], {"chunk_size": 3})
+    config = Config(spool_dir=tmp_path, engine={"backend": "echo", "max_attempts": 5})
+    outcome = JobRunner(make_ctx(spool, DiesOnFirstAdd(random.Random(0), None), Hooks(), config), job, leases.current(job)).run()
+    assert outcome is Outcome.RETRY
+    lease = leases.acquire(job, "n1", leases.current(job))
+    outcome = JobRunner(make_ctx(spool, ShuffledEngine(random.Random(1), None), Hooks(), config), job, lease).run()
+    assert outcome is Outcome.COMPLETED
+    assert_exactly_once(spool.root / "done" / "job", ids)
+
+
+def test_ending_without_running_cuts_uncommitted_records(tmp_path: Path) -> None:
+    """kill -9 between an append and its checkpoint, then a cancel: the unsaved tail is not kept."""
+    ids = [f"b{i}" for i in range(40)]
+    spool, job = _claimed(tmp_path, [chat_line(c, "hi") for c in ids], {"chunk_size": 5})
+    config = Config(spool_dir=tmp_path, engine={"backend": "echo", "window": 4, "max_attempts": 9})
+    with pytest.raises(Crash):
+        JobRunner(make_ctx(spool, ShuffledEngine(random.Random(2), crash_after=6), Hooks(), config), job, leases.current(job)).run()
+    with open(job.output, "ab") as fh:
+        fh.write(b'{"id": "appended-but-never-checkpointed", "custom_id": "b39"}\n{"torn')
+    job.cancel_marker.touch()
+    lease = leases.acquire(job, "n1", leases.current(job))
+    assert JobRunner(make_ctx(spool, ShuffledEngine(random.Random(3), None), Hooks(), config), job, lease).run() is Outcome.CANCELLED
+    done = spool.root / "done" / "job"
+    records = [json.loads(line) for line in (done / "output.jsonl").read_text().split("\n") if line]
+    batch = json.loads((done / "batch.json").read_text())
+    assert batch["status"] == "cancelled" and len(records) == batch["request_counts"]["completed"]
+    assert all(r["id"].startswith("batch_req_") for r in records)
+
+
+def test_finished_but_not_moved_is_moved_without_an_engine(tmp_path: Path) -> None:
+    from spoold.finish import FinishHooks
+
+    ids = [f"c{i}" for i in range(12)]
+    spool, job = _claimed(tmp_path, [chat_line(c, "hi") for c in ids], {"chunk_size": 4})
+    config = Config(spool_dir=tmp_path, engine={"backend": "echo"})
+    ctx = make_ctx(spool, ShuffledEngine(random.Random(4), None), Hooks(), config)
+
+    def crash_before_rename(*args: object) -> None:
+        raise Crash()
+
+    ctx.finish_hooks = FinishHooks(before_move=[crash_before_rename])
+    with pytest.raises(Crash):
+        JobRunner(ctx, job, leases.current(job)).run()
+    assert job.load_record().status == "completed" and job.path.exists()
+
+    def no_engine(cfg: Config, profile: object) -> Engine:
+        raise AssertionError("a finished job must not load a model again")
+
+    ctx2 = RunContext(config=config, node="n1", spool_root=spool.root, profiles=load_profiles(),
+                      engines=EngineManager(config, loader=no_engine), hooks=Hooks())  # fmt: skip
+    lease = leases.acquire(job, "n1", leases.current(job))
+    assert JobRunner(ctx2, job, lease).run() is Outcome.COMPLETED
+    assert_exactly_once(spool.root / "done" / "job", ids)
+    assert json.loads((spool.root / "done" / "job" / "batch.json").read_text())["request_counts"]["completed"] == 12
+
+
+def test_unreadable_input_fails_with_one_sentence(tmp_path: Path) -> None:
+    spool, job = _claimed(tmp_path, [chat_line("a", "hi")], {})
+    job.input.unlink()
+    job.input.mkdir()  # root reads any file, so a directory stands in for an unreadable input
+    config = Config(spool_dir=tmp_path, engine={"backend": "echo"})
+    outcome = JobRunner(make_ctx(spool, ShuffledEngine(random.Random(0), None), Hooks(), config), job, leases.current(job)).run()
+    assert outcome is Outcome.FAILED
+    message = json.loads((spool.root / "failed" / "job" / "batch.json").read_text())["errors"]["data"][0]["message"]
+    assert message.startswith("cannot read the input file") and "\n" not in message
+
+
+def test_pending_failure_survives_a_crash(tmp_path: Path) -> None:
+    spool, job = _claimed(tmp_path, [chat_line("a", "hi")], {})
+    record = job.load_record()
+    record.pending_failure = "no sidecar job.yaml arrived within 300 s"
+    record.open_attempt = True
+    job.save_record(record)
+    config = Config(spool_dir=tmp_path, engine={"backend": "echo"})
+    outcome = JobRunner(make_ctx(spool, ShuffledEngine(random.Random(0), None), Hooks(), config), job, leases.current(job)).run()
+    assert outcome is Outcome.FAILED
+    assert "no sidecar" in json.loads((spool.root / "failed" / "job" / "batch.json").read_text())["errors"]["data"][0]["message"]
