@@ -51,8 +51,9 @@ def claim(spool: Spool, name: str, node: str) -> JobDir | None:
         os.rename(source, staging / "input.jsonl")
     except FileNotFoundError:
         pass  # another daemon was first (or NFS misreported our success: the disk decides below)
-    except OSError as exc:
-        log.warning("cannot claim %s: %s", source.name, exc.strerror)
+    except OSError:
+        if not (staging / "input.jsonl").exists() and _remove_empty_staging(staging):
+            raise  # e.g. a sticky inbox: the daemon logs it once and backs off
     if not (staging / "input.jsonl").exists() and _remove_empty_staging(staging):
         return None
     fsync_dir(spool.inbox)
