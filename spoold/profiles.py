@@ -86,12 +86,9 @@ class ModelProfile(BaseModel):
     @classmethod
     def _sampling(cls, value: dict[str, Any]) -> dict[str, Any]:
         # Imported here: spoold.engine imports this module (a cycle at import time).
-        from spoold.engine.sampling import SamplingError, check_defaults
+        from spoold.engine.sampling import sampling_field
 
-        try:
-            return check_defaults(value, source="")
-        except SamplingError as exc:
-            raise ValueError(str(exc)) from None
+        return sampling_field(value)
 
 
 def load_profiles(model_dirs: list[Path] | None = None) -> dict[str, ModelProfile]:

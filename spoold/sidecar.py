@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from spoold.engine.sampling import SamplingError, check_defaults
+from spoold.engine.sampling import sampling_field
 from spoold.errors import SidecarError, describe_validation_error, load_yaml_mapping
 
 def _stringify(value: Any) -> Any:
@@ -38,10 +38,7 @@ class Sidecar(BaseModel):
     @classmethod
     def _known_sampling(cls, value: dict[str, Any]) -> dict[str, Any]:
         """The same check the engine applies to a profile's defaults: a typo is an error."""
-        try:
-            return check_defaults(value, source="")
-        except SamplingError as exc:
-            raise ValueError(str(exc)) from None
+        return sampling_field(value)
 
 
 def parse_sidecar(text: str | bytes, handler_names: set[str] | None = None) -> Sidecar:

@@ -63,6 +63,24 @@ def make_job(spool: Path, name: str = "job1", status: str = "completed", folder:
     return job_dir, batch
 
 
+def event_for(job_dir: Path, batch: dict[str, Any], handler: str, attempt: int = 1) -> HandlerEvent:
+    """The event the dispatcher would hand `handler` for this finished job."""
+    from spoold.handlers.records import batch_for_handlers
+
+    return HandlerEvent(
+        job=job_dir.name,
+        status=batch["status"],
+        job_dir=job_dir,
+        output=job_dir / "output.jsonl",
+        errors=job_dir / "errors.jsonl",
+        batch_file=job_dir / "batch.json",
+        batch=batch_for_handlers(batch),
+        handler=handler,
+        attempt=attempt,
+        idempotency_key=f"{batch['id']}:{handler}",
+    )
+
+
 def read_batch(job_dir: Path) -> dict[str, Any]:
     return json.loads((job_dir / "batch.json").read_text())
 

@@ -9,25 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from handler_helpers import event_for as shared_event_for
 from handler_helpers import handler_config, make_job
 from spoold.handlers.base import HandlerError, HandlerEvent
 from spoold.handlers.copy_files import CopyHandler
-from spoold.handlers.records import batch_for_handlers
 
 
-def event_for(job_dir: Path, batch: dict) -> HandlerEvent:
-    return HandlerEvent(
-        job=job_dir.name,
-        status=batch["status"],
-        job_dir=job_dir,
-        output=job_dir / "output.jsonl",
-        errors=job_dir / "errors.jsonl",
-        batch_file=job_dir / "batch.json",
-        batch=batch_for_handlers(batch),
-        handler="outbox",
-        attempt=1,
-        idempotency_key=f"{batch['id']}:outbox",
-    )
+def event_for(job_dir: Path, batch: dict, attempt: int = 1) -> HandlerEvent:
+    return shared_event_for(job_dir, batch, "outbox", attempt)
 
 
 def copier(target: Path, **settings: object) -> CopyHandler:

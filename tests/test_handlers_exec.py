@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from handler_helpers import event_for as shared_event_for
 from handler_helpers import handler_config, make_dispatcher, make_job, read_batch  # noqa: F401
 from spoold.handlers.base import HandlerError, HandlerEvent
 from spoold.handlers.exec_command import ExecHandler
-from spoold.handlers.records import batch_for_handlers
 
 DUMP_SCRIPT = """
 import json, os, sys
@@ -26,18 +26,7 @@ with open(sys.argv[1], "w") as fh:
 
 
 def event_for(job_dir: Path, batch: dict, attempt: int = 1) -> HandlerEvent:
-    return HandlerEvent(
-        job=job_dir.name,
-        status=batch["status"],
-        job_dir=job_dir,
-        output=job_dir / "output.jsonl",
-        errors=job_dir / "errors.jsonl",
-        batch_file=job_dir / "batch.json",
-        batch=batch_for_handlers(batch),
-        handler="cmd",
-        attempt=attempt,
-        idempotency_key=f"{batch['id']}:cmd",
-    )
+    return shared_event_for(job_dir, batch, "cmd", attempt)
 
 
 def exec_handler(command: list[str], **settings: object) -> ExecHandler:

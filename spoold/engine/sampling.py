@@ -166,6 +166,14 @@ def check_defaults(defaults: Mapping[str, Any], source: str = "sampling") -> dic
     return dict(defaults)
 
 
+def sampling_field(value: Mapping[str, Any]) -> dict[str, Any]:
+    """check_defaults for a pydantic field validator (which wants ValueError)."""
+    try:
+        return check_defaults(value, source="")
+    except SamplingError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def sampling_kwargs(
     body: Mapping[str, Any],
     kind: Kind,
