@@ -40,13 +40,19 @@ def render(rows: list[dict[str, Any]], spool: Spool) -> str:
     if not rows:
         return head + "\nno jobs"
     columns = ["name", "state", "status", "model", "progress", "rate", "age", "node"]
+    with_handlers = any(r["handlers"] for r in rows)
+    if with_handlers:
+        columns.append("handlers")
     table = [[c.upper() for c in columns]]
     for r in rows:
         progress = f"{r['done']}/{r['total']}" if r["total"] is not None else "-"
         if r["total"]:
             progress += f" ({100 * r['done'] // r['total']}%)"
         rate = f"{r['rate']:.1f}/s" if r.get("rate") else "-"
-        table.append([r["name"], r["state"], r["status"], r["model"] or "-", progress, rate, _age(r["age_seconds"]), r["node"] or "-"])
+        line = [r["name"], r["state"], r["status"], r["model"] or "-", progress, rate, _age(r["age_seconds"]), r["node"] or "-"]
+        if with_handlers:
+            line.append(" ".join(f"{name}:{state}" for name, state in r["handlers"].items()) or "-")
+        table.append(line)
     widths = [max(len(str(row[i])) for row in table) for i in range(len(columns))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
     return head + "\n" + "\n".join(lines)
@@ -87,12 +93,14 @@ def _job_row(job: JobDir, state: JobState, now: float) -> dict[str, Any]:
             node = node or "?"
     started = extra.get("claimed_at") or _mtime(job.path)
     done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
-    return _row(job.name, state.value, status, batch.get("model"), done, counts.get("total"), extra.get("rate_per_second"), now - started, node)
+    row = _row(job.name, state.value, status, batch.get("model"), done, counts.get("total"), extra.get("rate_per_second"), now - started, node)
+    row["handlers"] = {name: run.get("status") for name, run in (extra.get("handlers") or {}).items()}
+    return row
 
 
 def _row(name: str, state: str, status: str, model: str | None, done: int, total: int | None, rate: float | None, age: float, node: str | None) -> dict[str, Any]:
     return {"name": name, "state": state, "status": status, "model": model, "done": done, "total": total,
-            "rate": rate, "age_seconds": round(max(age, 0.0), 1), "node": node}  # fmt: skip
+            "rate": rate, "age_seconds": round(max(age, 0.0), 1), "node": node, "handlers": {}}  # fmt: skip
 
 
 def _age(seconds: float) -> str:

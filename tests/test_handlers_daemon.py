@@ -62,6 +62,9 @@ def test_webhook_and_exec_after_a_job(tmp_path: Path) -> None:
             line = json.loads((tmp_path / "exec.out").read_text())
             assert line == {"job": "notify", "status": "completed", "id": body["id"], "output": str(job / "output.jsonl")}
             assert d.batch(job)["status"] == "completed"
+            rows = json.loads(d.cli("status", "notify", "--json", check=True).stdout)
+            assert rows[0]["handlers"] == {"hook": "ok", "log": "ok"}
+            assert "hook:ok" in d.cli("status", check=True).stdout
             assert SECRET not in d.log() and SECRET not in (job / "batch.json").read_text()
     finally:
         server.stop()
