@@ -18,7 +18,6 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_state_dir(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("transformers")
     from spoold.tinymodel import BUILTIN_SEEDS, ensure_builtin
 
     state = tmp_path_factory.mktemp("spoold-state")
@@ -29,7 +28,6 @@ def tiny_state_dir(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_state_dir):
-    pytest.importorskip("vllm")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from spoold.config import Config
     from spoold.engine.vllm_backend import VllmEngine

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("transformers")
-
-from spoold.tinymodel import (  # noqa: E402
+from spoold.tinymodel import (
     BUILTIN_SEEDS,
     MARKER,
     build_tiny_model,

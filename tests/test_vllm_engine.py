@@ -239,7 +239,6 @@ def test_abort_all_leaves_nothing_in_flight(tiny_engine: Any) -> None:
 
 @engine_test
 def test_unknown_engine_argument_is_a_model_load_error(tiny_state_dir: Path) -> None:
-    pytest.importorskip("vllm")
     from spoold.config import Config
     from spoold.engine.base import ModelLoadError
     from spoold.engine.vllm_backend import VllmEngine
