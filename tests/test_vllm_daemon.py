@@ -73,9 +73,9 @@ def test_jobs_through_real_vllm_with_one_model_switch(tmp_path: Path, tiny_state
         assert d.stop(timeout=120) == 0
 
 
-def test_kill_9_during_a_real_vllm_job_then_restart_is_exactly_once(tmp_path: Path, tiny_state_dir: Path) -> None:
+def test_kill_9_and_sigterm_during_a_real_vllm_job_are_exactly_once(tmp_path: Path, tiny_state_dir: Path) -> None:
     with _daemon(tmp_path, tiny_state_dir) as d:
-        ids = [f"k{i}" for i in range(1500)]
+        ids = [f"k{i}" for i in range(2500)]
         lines = [chat_line(c, f"Tell me about {c}.", max_tokens=32, temperature=0.7, seed=i) for i, c in enumerate(ids)]
         drop_job(d.inbox, "real", lines, {"chunk_size": 100})
         d.start(VLLM_ENV)
@@ -85,10 +85,18 @@ def test_kill_9_during_a_real_vllm_job_then_restart_is_exactly_once(tmp_path: Pa
         d.kill()
         done_before = json.loads(ckpt.read_text())["succeeded"]
         assert 0 < done_before < len(ids)
+
+        # systemctl restart: SIGTERM mid-job with the real engine loaded drains, checkpoints and exits 0.
+        d.start(VLLM_ENV)
+        wait_for(lambda: json.loads(ckpt.read_text())["succeeded"] > done_before, 300, what="progress after the restart")
+        assert d.stop(timeout=90) == 0
+        done_at_stop = json.loads(ckpt.read_text())["succeeded"]
+        assert done_before < done_at_stop < len(ids)
+
         d.start(VLLM_ENV)
         job = d.wait_finished("real", timeout=600)
         assert job.parent.name == "done"
         assert_exactly_once(job, ids)
-        assert d.batch(job)["request_counts"] == {"total": 1500, "completed": 1500, "failed": 0}
+        assert d.batch(job)["request_counts"] == {"total": 2500, "completed": 2500, "failed": 0}
         assert "resuming from its checkpoint" in d.log()
         assert d.stop(timeout=120) == 0
