@@ -179,3 +179,29 @@ def test_real_pynvml_degrades_quietly_without_a_driver(caplog: pytest.LogCapture
     metrics.gpu(monitor.sample())
     assert b"spoold_gpu_" not in metrics.render()
     monitor.close()
+
+
+def test_hot_gpu_pauses_the_daemon_until_it_cools(tmp_path: Path) -> None:
+    """The health gate as the daemon loop sees it: a hot GPU means no new claims, and STATUS says why."""
+    from spoold.config import Config
+    from spoold.daemon import Daemon
+    from spoold.notify import Notifier
+    from spoold.service import Service
+    from spoold.spool import Spool
+
+    gpu = FakeGpu(temp=91)
+    config = Config(spool_dir=tmp_path, engine={"backend": "echo"}, metrics={"listen": ""}, health={"max_gpu_temperature": 85})
+    Spool(tmp_path).init()
+    service = Service(config, Notifier(None), Metrics(), GpuMonitor(nvml=FakeNVML([gpu]), environ={}))
+    daemon = Daemon(config, service=service)
+    (tmp_path / "inbox" / "j.jsonl").write_text('{"prompt": "hi"}\n')
+    (tmp_path / "inbox" / "j.yaml").write_text("{}\n")
+    assert daemon.tick(now=1000.0) is False and daemon.tick(now=1010.0) is False
+    assert service.paused_reason is not None and "91" in service.paused_reason and "85" in service.paused_reason
+    assert (tmp_path / "inbox" / "j.jsonl").exists(), "claimed while the GPU was too hot"
+    gpu.temp = 60
+    service._last_refresh = 0.0  # the next tick samples again
+    assert daemon.tick(now=1020.0) is False  # first look at the inbox since the pause: settle starts
+    assert service.paused_reason is None
+    assert daemon.tick(now=1023.0) is True
+    assert (tmp_path / "done" / "j" / "batch.json").exists()

@@ -18,13 +18,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
-def _daemon(root: Path, state_dir: Path, **overrides: object) -> SpooldProcess:
-    engine = {"backend": "vllm", "state_dir": str(state_dir), "window": 64}
+def _daemon(root: Path, state_dir: Path, max_attempts: int = 3, **overrides: object) -> SpooldProcess:
+    engine = {"backend": "vllm", "state_dir": str(state_dir), "window": 64, "max_attempts": max_attempts}
     return SpooldProcess(root, engine=engine, watch={"settle_seconds": 0.3, "poll_interval": 0.3}, **overrides)
 
 
 def test_jobs_through_real_vllm_with_one_model_switch(tmp_path: Path, tiny_state_dir: Path) -> None:
-    with _daemon(tmp_path, tiny_state_dir) as d:
+    with _daemon(tmp_path, tiny_state_dir, max_attempts=1) as d:
         chat = [chat_line(f"c{i}", f"Say something about {i}.", max_tokens=12, temperature=0) for i in range(20)]
         chat.append(chat_line("seeded-1", "same", max_tokens=10, temperature=1.0, seed=5))
         chat.append(chat_line("seeded-2", "same", max_tokens=10, temperature=1.0, seed=5))
@@ -37,7 +37,16 @@ def test_jobs_through_real_vllm_with_one_model_switch(tmp_path: Path, tiny_state
         ]
         drop_job(d.inbox, "cmpl", completions, {"model": "tiny-random", "priority": 1})
         drop_job(d.inbox, "other", [chat_line("b1", "hello", max_tokens=4)], {"model": "tiny-random-b"})
+        not_a_model = tmp_path / "not-a-model"
+        not_a_model.mkdir()
+        drop_job(d.inbox, "broken-model", [chat_line("x", "hi")], {"model": str(not_a_model), "priority": 9})
         d.start(VLLM_ENV)
+
+        # A model that cannot load fails its job with a reason; the daemon stays up for the rest.
+        job = d.wait_finished("broken-model", timeout=120)
+        assert job.parent.name == "failed"
+        reason = d.batch(job)["errors"]["data"][0]["message"]
+        assert reason.startswith(f"model {not_a_model} failed to load") and "\n" not in reason
 
         job = d.wait_finished("chat", timeout=300)
         assert job.parent.name == "done"
