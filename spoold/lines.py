@@ -33,7 +33,7 @@ def parse_line(raw: bytes, line: int, job_model: str, *, unterminated: bool = Fa
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return LineError(line, "invalid_encoding", f"line is not UTF-8 (byte {exc.start})")
-    text = text.strip()
+    text = text.strip().removeprefix("\ufeff")  # a BOM from Windows editors is not part of the JSON
     if not text:
         return None
     try:

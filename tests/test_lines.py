@@ -79,3 +79,8 @@ def test_record_lines_survive_splitlines() -> None:
     line = success_record("x", {"choices": [{"text": text}]}).to_line().decode()
     assert line.endswith("\n") and len(line.splitlines()) == 1
     assert json.loads(line)["response"]["body"]["choices"][0]["text"] == text
+
+
+def test_byte_order_mark_and_crlf_are_tolerated() -> None:
+    r = parse_line('\ufeff{"prompt": "x"}\r\n'.encode(), 1, "m")
+    assert isinstance(r, EngineRequest) and r.body == {"prompt": "x"}
