@@ -6,6 +6,7 @@ One facade so the daemon loop stays thin and each concern stays in its module.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,6 +59,7 @@ class Service:
         self.paused_reason: str | None = None
         self._last_refresh = 0.0
         self._last_handler_scan = time.monotonic()
+        self._rescan: threading.Thread | None = None
 
     @classmethod
     def create(cls, config: Config) -> Service:
@@ -119,9 +121,11 @@ class Service:
     def refresh(self, spool: Spool) -> None:
         """Spool gauges, GPU gauges and the GPU health gate, at most every few seconds."""
         now = time.monotonic()
-        if now - self._last_handler_scan >= HANDLER_RESCAN_SECONDS:
+        if now - self._last_handler_scan >= HANDLER_RESCAN_SECONDS and not self._rescan_running():
             self._last_handler_scan = now
-            self.handlers.resume(spool.root)
+            # Off the work loop: on a large NFS spool the scan could outlast the watchdog.
+            self._rescan = threading.Thread(target=self.handlers.resume, args=(spool.root,), name="handler-rescan", daemon=True)
+            self._rescan.start()
         if now - self._last_refresh < SPOOL_REFRESH_SECONDS:
             return
         self._last_refresh = now
@@ -138,6 +142,9 @@ class Service:
             else:
                 log.info("GPU healthy again; taking jobs")
         self.paused_reason = paused
+
+    def _rescan_running(self) -> bool:
+        return self._rescan is not None and self._rescan.is_alive()
 
     def model_changed(self, model: str | None, load_seconds: float | None) -> None:
         self.metrics.model_loaded(model)
