@@ -23,6 +23,7 @@ from spoold.errors import SidecarError, SpooldError
 from spoold.finish import FinishHooks
 from spoold.jobdir import JobDir
 from spoold.names import SIDECAR_SUFFIX
+from spoold.prevalidate import Prevalidator
 from spoold.profiles import load_profiles
 from spoold.readiness import ReadinessTracker, Verdict
 from spoold.runner import JobRunner, Outcome, RunContext
@@ -63,6 +64,8 @@ class Daemon:
         self._last_claim_recovery = time.time()
         self._last_trouble: str | None = None
         self._watcher: InboxWatcher | None = None
+        self.prevalidator = Prevalidator()
+        self._next_hint: Candidate | None = None
         self.finish_hooks = FinishHooks()
         self.service.wire_finish(self.finish_hooks)
 
@@ -115,6 +118,7 @@ class Daemon:
         log.info("stopping")
         if self._watcher:
             self._watcher.stop()
+        self.prevalidator.close()
         self.engines.unload()
         self.service.stop()
 
@@ -141,8 +145,17 @@ class Daemon:
         resumable = self._resumable(now)
         ready = resumable or self._inbox_ready(now)
         by_name = {r.candidate.name: r for r in ready}
-        chosen = pick([r.candidate for r in ready], self.engines.loaded_model, now, self.config.engine.model_switch_after)
+        switch_after = self.config.engine.model_switch_after
+        chosen = pick([r.candidate for r in ready], self.engines.loaded_model, now, switch_after)
+        rest = [r.candidate for r in ready if r.verdict is not None and chosen and r.candidate.name != chosen.name]
+        self._next_hint = pick(rest, chosen.model if chosen else None, now, switch_after)
         return by_name[chosen.name] if chosen else None
+
+    def _validate_next_ahead(self) -> None:
+        """While this job runs, validate the inbox job likely to run next."""
+        hint = self._next_hint
+        if hint is not None and hint.model is not None:
+            self.prevalidator.offer(self.spool.inbox / f"{hint.name}.jsonl", hint.model)
 
     def _run(self, choice: _Ready, now: float) -> bool:
         name = choice.candidate.name
@@ -167,7 +180,9 @@ class Daemon:
             config=self.config, node=self.node, spool_root=self.spool.root, profiles=self.profiles,
             engines=self.engines, hooks=self.service.run_hooks(lambda: self.stop_requested),
             finish_hooks=self.finish_hooks, handler_names={h.name for h in self.config.handlers},
+            prevalidated=self.prevalidator.take,
         )  # fmt: skip
+        self._validate_next_ahead()
         started = time.monotonic()
         runner = JobRunner(ctx, job, lease)
         try:

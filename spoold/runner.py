@@ -66,6 +66,8 @@ class RunContext:
     hooks: RunHooks
     finish_hooks: FinishHooks = field(default_factory=FinishHooks)
     handler_names: set[str] | None = None
+    prevalidated: Callable[[Path, str, Callable[[], bool]], ValidationSummary | None] | None = None
+    """A validating pass done ahead of time for this very input file, if any (see prevalidate.py)."""
 
 
 @dataclass
@@ -352,9 +354,11 @@ class JobRunner:
             self._renew_lease()
             return not self.ctx.hooks.should_stop()
 
-        summary = validate_file(self.job.input, self.model or "", keep_going)
+        ahead = self.ctx.prevalidated(self.job.input, self.model or "", lambda: keep_going(0)) if self.ctx.prevalidated else None
+        summary = ahead or validate_file(self.job.input, self.model or "", keep_going)
         atomic_write_json(self.job.validation, summary.model_dump())
-        log.info("validated: %d requests, %d invalid", summary.lines, summary.invalid, extra={"job": self.job.name})
+        how = " (validated ahead of time)" if ahead else ""
+        log.info("validated: %d requests, %d invalid%s", summary.lines, summary.invalid, how, extra={"job": self.job.name})
         return summary
 
     def _write_line_errors_only(self) -> bool:

@@ -1,0 +1,93 @@
+"""Validate the next job while the current one runs, so the engine does not wait for the pass.
+
+The pass runs in a separate process (the work loop keeps the GIL for feeding
+the engine). Results are keyed by the input file's identity (device, inode,
+size, mtime) and the model, which a claim's rename keeps: a summary is only
+ever used for the very same bytes. Another daemon may claim the job first;
+then the work is simply wasted.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+from spoold.validate import ValidationSummary, validate_file
+
+log = logging.getLogger(__name__)
+
+MIN_BYTES = 1 << 20
+"""Smaller inputs validate in well under a second: not worth a process."""
+MAX_KEPT = 8
+
+Key = tuple[int, int, int, int, str]
+
+
+def file_key(path: Path, model: str) -> Key | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, model)
+
+
+class Prevalidator:
+    def __init__(self, min_bytes: int = MIN_BYTES) -> None:
+        self.min_bytes = min_bytes
+        self._executor: ProcessPoolExecutor | None = None
+        self._futures: dict[Key, Future[ValidationSummary]] = {}
+
+    def offer(self, path: Path, model: str) -> None:
+        """Start validating `path` in the background unless it is small, known, or a pass is busy."""
+        key = file_key(path, model)
+        if key is None or key[2] < self.min_bytes or key in self._futures:
+            return
+        if any(not f.done() for f in self._futures.values()):
+            return  # one pass at a time: the machine has other work
+        if len(self._futures) >= MAX_KEPT:
+            oldest = next(iter(self._futures))
+            del self._futures[oldest]
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        log.debug("validating %s ahead of time", path.name)
+        self._futures[key] = self._executor.submit(validate_file, path, model)
+
+    def finished(self, path: Path, model: str) -> bool:
+        """Whether a pass for exactly this file has finished (and not been taken yet)."""
+        key = file_key(path, model)
+        future = self._futures.get(key) if key is not None else None
+        return future is not None and future.done()
+
+    def take(self, path: Path, model: str, wait: Callable[[], bool]) -> ValidationSummary | None:
+        """The summary for exactly this file, waiting for a pass under way; None if there is none.
+
+        `wait()` is called about once a second while waiting (the caller beats its
+        watchdog there); returning False gives up.
+        """
+        key = file_key(path, model)
+        future = self._futures.pop(key, None) if key is not None else None
+        if future is None:
+            return None
+        while not future.done():
+            if not wait():
+                future.cancel()
+                return None
+            try:
+                future.exception(timeout=1.0)
+            except TimeoutError:
+                continue
+        try:
+            return future.result()
+        except Exception as exc:  # the pass failed (file vanished, worker died): just validate inline
+            log.info("ahead-of-time validation of %s failed (%s); validating now", path.name, exc)
+            return None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self._futures.clear()

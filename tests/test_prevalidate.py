@@ -1,0 +1,64 @@
+"""Validating the next job ahead of time (a separate process), used only for the very same file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from spoold_helpers import SpooldProcess, chat_line, drop_job, read_records, wait_for, write_jsonl
+
+from spoold.prevalidate import Prevalidator
+from spoold.validate import validate_file
+
+pytestmark = pytest.mark.slow
+
+
+def _big(path: Path, n: int = 6000) -> None:
+    write_jsonl(path, [chat_line(f"p{i}", "x" * 200) for i in range(n)] + ["not json", chat_line("p0", "dup")])
+
+
+def test_summary_is_used_only_for_the_same_bytes(tmp_path: Path) -> None:
+    big = tmp_path / "big.jsonl"
+    _big(big)
+    pre = Prevalidator()
+    try:
+        pre.offer(big, "tiny-random")
+        wait_for(lambda: pre.finished(big, "tiny-random"), 60, what="the background pass")
+        moved = tmp_path / "claimed.jsonl"
+        os.rename(big, moved)  # a claim is a rename: same inode, size and mtime
+        summary = pre.take(moved, "tiny-random", lambda: True)
+        assert summary == validate_file(moved, "tiny-random")
+        assert summary is not None and summary.lines == 6002 and summary.invalid == 2
+        assert pre.take(moved, "tiny-random", lambda: True) is None  # handed out once
+
+        pre.offer(moved, "tiny-random")
+        with open(moved, "a") as fh:
+            fh.write('{"prompt": "appended later"}\n')
+        assert pre.take(moved, "tiny-random", lambda: True) is None  # changed bytes: never reused
+        pre.offer(moved, "other-model")
+        assert pre.take(moved, "tiny-random", lambda: True) is None  # another model's verdict
+        small = tmp_path / "small.jsonl"
+        write_jsonl(small, [chat_line("a", "hi")])
+        pre.offer(small, "tiny-random")
+        assert pre.take(small, "tiny-random", lambda: True) is None  # not worth a process
+    finally:
+        pre.close()
+
+
+def test_next_job_is_validated_while_the_current_one_runs(tmp_path: Path) -> None:
+    with SpooldProcess(tmp_path, engine={"window": 20}) as d:
+        drop_job(d.inbox, "first", [chat_line(f"f{i}", "hi") for i in range(1000)], {"priority": 1})
+        _big(d.inbox / ".second.tmp")
+        os.rename(d.inbox / ".second.tmp", d.inbox / "second.jsonl")
+        (d.inbox / "second.yaml").write_text("chunk_size: 1000\n")
+        d.start({"SPOOLD_ECHO_DELAY": "0.01"})
+        second = d.wait_finished("second", timeout=120)
+        assert "job second: validated: 6002 requests, 2 invalid (validated ahead of time)" in d.log()
+        assert "job first: validated: 1000 requests, 0 invalid\n" in d.log()  # too small to validate ahead
+        records = read_records(second)
+        outputs = sorted(r["custom_id"] for r in records if r["error"] is None)
+        errors = sorted((r["error"]["line"], r["error"]["code"]) for r in records if r["error"] is not None)
+        assert outputs == sorted(f"p{i}" for i in range(6000))
+        assert errors == [(6001, "invalid_json"), (6002, "duplicate_custom_id")]
+        assert d.batch(second)["request_counts"] == {"total": 6002, "completed": 6000, "failed": 2}
