@@ -58,7 +58,7 @@ def build_batch(
         batch["finalizing_at"] = int(record.finished_at or now)
     if rate is None and record.run_seconds > 0 and status in FINAL_STATUSES:
         rate = ckpt.records / record.run_seconds
-    chunks_total = math.ceil(total / chunk_size) if chunk_size and total else 0
+    chunks_total = chunk_count(total, chunk_size)
     batch["spoold"] = {
         "node": node,
         "job": record.name,
@@ -76,6 +76,11 @@ def build_batch(
         "updated_at": round(now, 3),
     }
     return batch
+
+
+def chunk_count(total: int, chunk_size: int | None) -> int:
+    """How many checkpoints a job of `total` lines takes (pure)."""
+    return math.ceil(total / chunk_size) if chunk_size and total else 0
 
 
 def _int(value: float | None) -> int | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from spoold import lease as leases
-from spoold.fsutil import atomic_write_json, fsync_dir, read_json
+from spoold.fsutil import atomic_write_json, fsync_dir, mtime_or_now, read_json
 from spoold.jobdir import STATE_DIR, JobDir, JobRecord
 from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX
 from spoold.spool import Spool
@@ -46,7 +46,7 @@ def claim(spool: Spool, name: str, node: str) -> JobDir | None:
     (staging / STATE_DIR).mkdir(parents=True)
     atomic_write_json(staging / STATE_DIR / CLAIMER_FILE, Claimer(node=node, pid=os.getpid(), name=name, at=time.time()).model_dump())
     source = spool.inbox / f"{name}{INPUT_SUFFIX}"
-    created_at = _mtime(source)
+    created_at = mtime_or_now(source)
     try:
         os.rename(source, staging / "input.jsonl")
     except FileNotFoundError:
@@ -65,7 +65,7 @@ def recover_claims(spool: Spool, node: str, lease_seconds: float) -> list[JobDir
     finished = []
     for staging in spool.staged_claims():
         claimer = _read_claimer(staging)
-        age = time.time() - _mtime(staging)
+        age = time.time() - mtime_or_now(staging)
         if claimer is not None and claimer.node != node and age <= lease_seconds:
             continue
         if claimer is None and age <= lease_seconds:
@@ -81,7 +81,7 @@ def recover_claims(spool: Spool, node: str, lease_seconds: float) -> list[JobDir
             continue  # died before the claim rename: nothing was taken
         name = claimer.name if claimer else mine.name
         log.info("finishing an interrupted claim of %s", name)
-        finished.append(_complete(spool, mine, name, node, _mtime(mine / "input.jsonl")))
+        finished.append(_complete(spool, mine, name, node, mtime_or_now(mine / "input.jsonl")))
     return finished
 
 
@@ -133,9 +133,3 @@ def _read_claimer(staging: Path) -> Claimer | None:
     except (OSError, ValueError, ValidationError):
         return None
 
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return time.time()

@@ -21,6 +21,7 @@ from spoold.engine import load_engine
 from spoold.engine.manager import EngineManager, Loader
 from spoold.errors import SidecarError, SpooldError
 from spoold.finish import FinishHooks
+from spoold.fsutil import mtime_or_now
 from spoold.jobdir import JobDir
 from spoold.names import SIDECAR_SUFFIX
 from spoold.prevalidate import Prevalidator
@@ -235,7 +236,7 @@ class Daemon:
                 continue
             current = leases.current(job)
             mine = current is not None and current.node == self.node
-            if not mine and not leases.is_stale(current, leases_mtime(job), now, self.config.lease_seconds):
+            if not mine and not leases.is_stale(current, mtime_or_now(job.state), now, self.config.lease_seconds):
                 continue
             try:
                 record = job.load_record()
@@ -310,10 +311,3 @@ class Daemon:
 
     def _beat_interval(self) -> float:
         return self.service.watchdog_interval or 60.0
-
-
-def leases_mtime(job: JobDir) -> float:
-    try:
-        return job.state.stat().st_mtime
-    except FileNotFoundError:
-        return time.time()

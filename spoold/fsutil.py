@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,14 @@ def truncate_to(path: Path, length: int) -> int:
         return size - length
     finally:
         os.close(fd)
+
+
+def mtime_or_now(path: Path) -> float:
+    """A file's mtime; now if it vanished meanwhile (claimed or renamed by another process)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
 from spoold import lease as leases
-from spoold.batch import FINAL_STATUSES, build_batch
+from spoold.batch import FINAL_STATUSES, build_batch, chunk_count
 from spoold.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
 from spoold.config import Config
 from spoold.engine.base import Engine, EngineFailure, EngineRequest, EngineResult, ModelLoadError
@@ -28,7 +29,7 @@ from spoold.fsutil import atomic_write_json, read_json, truncate_to
 from spoold.jobdir import JobDir, JobRecord
 from spoold.lines import LineError, parse_line
 from spoold.profiles import ModelProfile, resolve_model
-from spoold.reader import read_lines
+from spoold.reader import RawLine, read_lines
 from spoold.records import error_record, success_record
 from spoold.sidecar import Sidecar, parse_sidecar
 from spoold.validate import ValidationInterrupted, ValidationSummary, duplicate_error, fatal_reason, validate_file
@@ -201,7 +202,6 @@ class JobRunner:
         self._chunk_started = self._now()
         chunk_size = self._chunk_size()
         window = cfg.engine.window
-        duplicates = set(self.validation.duplicates if self.validation else [])
         lines = read_lines(self.job.input, ckpt.next_offset, ckpt.next_line)
         exhausted = False
         engine.abort_all()  # a previous job's leftovers must never leak into this one
@@ -224,11 +224,9 @@ class JobRunner:
                     self._progress.read(raw.number, raw.end)
                     if self._progress.already_done(raw.number):
                         continue
-                    parsed = parse_line(raw.data, raw.number, self.model or "", unterminated=raw.unterminated)
+                    parsed = self._parse(raw)
                     if parsed is None:
                         continue
-                    if not isinstance(parsed, LineError) and raw.number in duplicates:
-                        parsed = duplicate_error(raw.number, parsed.custom_id)
                     if isinstance(parsed, LineError):
                         self._record_error(parsed)
                         continue
@@ -250,6 +248,18 @@ class JobRunner:
             lines.close()
         self._commit()
         return Outcome.COMPLETED
+
+    @cached_property
+    def _duplicates(self) -> frozenset[int]:
+        """Read once, after the validating pass has set `self.validation`."""
+        return frozenset(self.validation.duplicates if self.validation else ())
+
+    def _parse(self, raw: RawLine) -> EngineRequest | LineError | None:
+        """One input line as the validating pass judged it (later duplicates of a custom_id are errors)."""
+        parsed = parse_line(raw.data, raw.number, self.model or "", unterminated=raw.unterminated)
+        if isinstance(parsed, EngineRequest) and raw.number in self._duplicates:
+            return duplicate_error(raw.number, parsed.custom_id)
+        return parsed
 
     def _record_error(self, error: LineError) -> None:
         self._writer.add(error_record(error.custom_id, error.line, error.code, error.message))
@@ -328,7 +338,7 @@ class JobRunner:
     def _status_line(self) -> str:
         ckpt = self.checkpoint or Checkpoint()
         total = self.validation.lines if self.validation else 0
-        chunks = -(-total // self._chunk_size()) if total else 0
+        chunks = chunk_count(total, self._chunk_size())
         rate = f", {self._rate:.1f} req/s" if self._rate else ""
         return f"{self.job.name}: chunk {min(ckpt.chunks + 1, max(chunks, 1))}/{chunks}, {ckpt.records}/{total} lines{rate}, model {self.model}"
 
@@ -364,12 +374,9 @@ class JobRunner:
     def _write_line_errors_only(self) -> bool:
         """A job failing as a whole still lists each bad line in errors.jsonl. False if stopped part-way."""
         writer = ResultWriter(self.job, 0, 0)
-        duplicates = set(self.validation.duplicates if self.validation else [])
         failed = 0
         for raw in read_lines(self.job.input):
-            parsed = parse_line(raw.data, raw.number, self.model or "", unterminated=raw.unterminated)
-            if parsed is not None and not isinstance(parsed, LineError) and raw.number in duplicates:
-                parsed = duplicate_error(raw.number, parsed.custom_id)
+            parsed = self._parse(raw)
             if isinstance(parsed, LineError):
                 writer.add(error_record(parsed.custom_id, parsed.line, parsed.code, parsed.message))
                 failed += 1

@@ -9,7 +9,7 @@ from typing import Any
 
 from spoold import lease as leases
 from spoold.errors import SidecarError
-from spoold.fsutil import read_json
+from spoold.fsutil import mtime_or_now, read_json
 from spoold.jobdir import JobDir
 from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX
 from spoold.sidecar import parse_sidecar
@@ -25,7 +25,7 @@ def collect(spool: Spool, default_model: str, name: str | None = None, now: floa
     for state in (JobState.PROCESSING, JobState.DONE, JobState.FAILED):
         jobs = spool.jobs(state)
         if state is not JobState.PROCESSING and name is None:
-            jobs = sorted(jobs, key=lambda j: _mtime(j.path))[-FINISHED_SHOWN:]
+            jobs = sorted(jobs, key=lambda j: mtime_or_now(j.path))[-FINISHED_SHOWN:]
         rows.extend(_job_row(job, state, now) for job in jobs)
     if name is not None:
         rows = [r for r in rows if r["name"] == name]
@@ -70,7 +70,7 @@ def _inbox_row(spool: Spool, name: str, has_sidecar: bool, default_model: str, n
             model = parse_sidecar((spool.inbox / f"{name}{SIDECAR_SUFFIX}").read_bytes()).model or default_model
         except (SidecarError, OSError):
             model, status = None, "queued (invalid sidecar)"
-    age = now - _mtime(spool.inbox / f"{name}{INPUT_SUFFIX}")
+    age = now - mtime_or_now(spool.inbox / f"{name}{INPUT_SUFFIX}")
     return _row(name, "inbox", status, model, 0, None, None, age, None)
 
 
@@ -91,7 +91,7 @@ def _job_row(job: JobDir, state: JobState, now: float) -> dict[str, Any]:
                 status = "cancelling"
         except OSError:
             node = node or "?"
-    started = extra.get("claimed_at") or _mtime(job.path)
+    started = extra.get("claimed_at") or mtime_or_now(job.path)
     done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
     row = _row(job.name, state.value, status, batch.get("model"), done, counts.get("total"), extra.get("rate_per_second"), now - started, node)
     row["handlers"] = {name: run.get("status") for name, run in (extra.get("handlers") or {}).items()}
@@ -113,9 +113,3 @@ def _age(seconds: float) -> str:
         return f"{seconds // 3600}h"
     return f"{seconds // 86400}d"
 
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return time.time()
