@@ -26,6 +26,9 @@ class WatchConfig(Strict):
     settle_seconds: Seconds = Field(2.0, ge=0)
     require_sidecar: bool = True
     orphan_seconds: Seconds = Field(300.0, ge=0)
+    # spoold's own addition (not in SPEC; documented in the README):
+    rescan_seconds: Seconds = Field(30.0, gt=0)
+    """inotify mode: a full look at the inbox this often, for events inotify lost (poll mode rescans every poll_interval)."""
 
 
 class EngineConfig(Strict):
@@ -34,6 +37,8 @@ class EngineConfig(Strict):
     model_dirs: list[Path] = []
     max_attempts: int = Field(3, ge=1)
     idle_unload_seconds: Seconds = Field(0.0, ge=0)
+    max_active_jobs: int = Field(8, ge=1)
+    """Jobs of the loaded model fed to the engine at once (SPEC section 7)."""
     # spoold's own additions (not in SPEC; documented in the README):
     window: int = Field(256, ge=1)
     """Requests kept in flight in the engine; chunk boundaries do not drain it."""

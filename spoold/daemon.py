@@ -1,5 +1,11 @@
-"""The daemon loop: look at the spool, pick one job, run it, repeat. `tick()` is one step.
+"""The daemon loop: admit jobs, keep one engine fed from all of them, hand the rest to helpers. `tick()` is one step.
 
+Threads, each with one job:
+- main (this loop): intake, admission, the engine loop (fill, step), cuts; it
+  alone pings the watchdog, so a hung engine trips it;
+- job-start (a small pool): claims and validating passes (jobstart.py);
+- job-io (one thread, in order): checkpoint commits and job ends (jobcommit.py);
+- lease-keeper: renews leases of claimed jobs, notices cancels (keeper.py).
 Signal handlers only set flags; the loop does the logging, checkpointing and exit.
 """
 
@@ -10,40 +16,56 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 
 from spoold import claim as claims
 from spoold import lease as leases
+from spoold.active import ActiveJob, JobContext
 from spoold.config import Config, load_config
 from spoold.engine import load_engine
+from spoold.engine.base import EngineFailure, ModelLoadError
+from spoold.engine.loop import EngineLoop
 from spoold.engine.manager import EngineManager, Loader
-from spoold.errors import SidecarError, SpooldError
+from spoold.errors import SidecarError, SpooldError, one_line
 from spoold.finish import FinishHooks
 from spoold.fsutil import mtime_or_now
+from spoold.intake import Intake
+from spoold.jobcommit import close, commit
 from spoold.jobdir import JobDir
+from spoold.jobstart import end_job, give_up_run, start_job
+from spoold.keeper import LeaseKeeper
 from spoold.names import SIDECAR_SUFFIX
 from spoold.prevalidate import Prevalidator
 from spoold.profiles import load_profiles
-from spoold.readiness import ReadinessTracker, Verdict
-from spoold.runner import JobRunner, Outcome, RunContext
-from spoold.scheduler import Candidate, pick
+from spoold.readiness import ReadinessRule, Verdict
+from spoold.scheduler import Candidate
 from spoold.service import Service
-from spoold.sidecar import parse_sidecar
+from spoold.sidecar import Sidecar, parse_sidecar
 from spoold.spool import Spool
 from spoold.states import JobState
 from spoold.watcher import InboxWatcher
 
 log = logging.getLogger(__name__)
 
+STATUS_EVERY = 1.0
+"""Seconds between STATUS= texts while working (the watchdog is pinged every step)."""
+
 
 @dataclass(frozen=True)
-class _Ready:
+class _Choice:
     candidate: Candidate
     verdict: Verdict | None  # None: a processing/ job to resume
     job: JobDir | None = None
     lease: leases.Lease | None = None
+
+
+@dataclass
+class _Closing:
+    name: str
+    future: Future
+    started: float
 
 
 class Daemon:
@@ -55,20 +77,32 @@ class Daemon:
         self.service = service or Service.create(config)
         self.profiles = load_profiles(config.engine.model_dirs)
         self.engines = EngineManager(config, loader, on_change=self.service.model_changed, load_guard=self.service.loading)
-        self.tracker = self._new_tracker()
+        self.intake = self._new_intake()
         self.wake = threading.Event()
         self.stop_requested = False
         self.reload_requested = False
-        self._sidecar_cache: dict[str, tuple[object, Candidate]] = {}
+        self.prevalidator = Prevalidator()
+        self.finish_hooks = FinishHooks()
+        self.service.wire_finish(self.finish_hooks)
+        self.keeper = LeaseKeeper()
+        self.starter = ThreadPoolExecutor(2, thread_name_prefix="job-start")
+        self.io = ThreadPoolExecutor(1, thread_name_prefix="job-io")
+        self.loop: EngineLoop | None = None
+        self.active: list[ActiveJob] = []  # fed to the engine now
+        self.waiting: list[ActiveJob] = []  # started, for a model not loaded yet
+        self.starting: dict[str, tuple[Future, str | None, float]] = {}
+        self.closing: list[_Closing] = []
+        self._resumable: list[_Choice] = []
+        self._sidecar_cache: dict[str, tuple[object, tuple[int, str | None]]] = {}
         self._not_before: dict[str, float] = {}
         self._paused_until = 0.0
         self._last_claim_recovery = time.time()
+        self._next_rescan = 0.0
+        self._next_processing_scan = 0.0
         self._last_trouble: str | None = None
+        self._last_status = 0.0
         self._watcher: InboxWatcher | None = None
-        self.prevalidator = Prevalidator()
-        self._next_hint: Candidate | None = None
-        self.finish_hooks = FinishHooks()
-        self.service.wire_finish(self.finish_hooks)
+        self._ctx = self._new_context()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -91,8 +125,9 @@ class Daemon:
             raise SpooldError(problem)
         for job in claims.recover_claims(self.spool, self.node, self.config.lease_seconds):
             log.info("finished an interrupted claim", extra={"job": job.name})
-        self._watcher = InboxWatcher(self.spool.inbox, self.config.watch.mode, self.config.watch.poll_interval, self.wake)
+        self._watcher = InboxWatcher(self.spool.inbox, self.config.watch.mode, self.wake)
         self._watcher.start()
+        self.keeper.start()
         self.service.start(self.spool)
         log.info("spoold ready on %s (node %s, backend %s)", self.spool.root, self.node, self.config.engine.backend)
         self.service.ready()
@@ -102,14 +137,15 @@ class Daemon:
         try:
             while not self.stop_requested:
                 try:
-                    worked = self.tick()
+                    busy = self.tick()
                 except OSError as exc:
                     self._disk_trouble(exc, None)
-                    worked = False
-                if not worked and not self.stop_requested:
-                    self.service.beat(self._idle_status())
-                    self.wake.wait(min(self.config.watch.poll_interval, self._beat_interval()))
+                    busy = False
+                self._beat()
+                if not busy and not self.stop_requested:
+                    self.wake.wait(self._sleep_for())
                     self.wake.clear()
+            self._drain()
         finally:
             self.shutdown()
         return 0
@@ -119,6 +155,9 @@ class Daemon:
         log.info("stopping")
         if self._watcher:
             self._watcher.stop()
+        self.starter.shutdown(wait=True)
+        self.io.shutdown(wait=True)
+        self.keeper.stop()
         self.prevalidator.close()
         self.engines.unload()
         self.service.stop()
@@ -126,91 +165,312 @@ class Daemon:
     # ---- one step ----------------------------------------------------------------------------
 
     def tick(self, now: float | None = None) -> bool:
-        """Look once, run at most one job (to its end, stop or retry). True if a job was run."""
+        """One step: look, admit, feed and step the engine, cut checkpoints. True while the engine has work."""
         if self.reload_requested:
             self._reload()
         now = time.time() if now is None else now
-        self.engines.unload_if_idle()
+        self._look(now)
         self.service.refresh(self.spool)
-        if self.service.paused_reason or now < self._paused_until:
-            return False
+        self._reap()
+        self._act_on_flags()
+        if not (self.service.paused_reason or now < self._paused_until or self.stop_requested):
+            self._admit(now)
+        self._load_for_waiting()
+        busy = self._feed()
+        if not self.active and not self.waiting:
+            self.engines.unload_if_idle()
+        self._account()
+        return busy
+
+    def _look(self, now: float) -> None:
+        """Keep the intake current: inotify hints, settle deadlines, and the periodic full looks."""
+        if self._watcher is not None:
+            names = self._watcher.changed()
+            if names:
+                self.intake.touch(names, now)
+        self.intake.due(now)
+        if now >= self._next_rescan:
+            self.intake.rescan(now)
+            self._next_rescan = now + self._rescan_interval()
+        if now >= self._next_processing_scan:
+            self._resumable = self._find_resumable(now)
+            self._next_processing_scan = now + self.config.watch.poll_interval
         if now - self._last_claim_recovery >= self.config.lease_seconds:
             self._last_claim_recovery = now
             claims.recover_claims(self.spool, self.node, self.config.lease_seconds)
-        choice = self._choose(now)
-        if choice is None:
-            return False
-        return self._run(choice, now)
 
-    def _choose(self, now: float) -> _Ready | None:
-        resumable = self._resumable(now)
-        ready = resumable or self._inbox_ready(now)
-        by_name = {r.candidate.name: r for r in ready}
+    def _rescan_interval(self) -> float:
+        w = self.config.watch
+        polling = self._watcher is None or self._watcher.mode == "poll"
+        return w.poll_interval if polling else max(w.poll_interval, w.rescan_seconds)
+
+    def _sleep_for(self) -> float:
+        now = time.time()
+        limits = [self._beat_interval(), self._next_rescan - now, self._next_processing_scan - now]
+        deadline = self.intake.next_deadline()
+        if deadline is not None:
+            limits.append(deadline - now + 0.005)
+        if self.starting or self.closing:
+            limits.append(0.05)
+        return max(0.001, min(limits))
+
+    # ---- admission: which jobs get the free slots ---------------------------------------------
+
+    def _current_model(self) -> str | None:
+        for job in self.active + self.waiting:
+            return job.model
+        for _, model, _ in self.starting.values():
+            if model is not None:
+                return model
+        return self.engines.loaded_model
+
+    def _admit(self, now: float) -> None:
+        slots = self.config.engine.max_active_jobs - len(self.active) - len(self.waiting) - len(self.starting)
+        while slots > 0:
+            choice = self._next_choice(now)
+            if choice is None:
+                return
+            model, current = choice.candidate.model, self._current_model()
+            busy_with_current = bool(self.active or self.waiting or self.starting)
+            if model is not None and current is not None and model != current and busy_with_current:
+                return  # another model's turn: let the loaded one drain once, then switch
+            self._take(choice)
+            slots -= 1
+        self._validate_next_ahead(now)
+
+    def _next_choice(self, now: float) -> _Choice | None:
+        while self._resumable:
+            choice = self._resumable.pop(0)
+            if choice.candidate.name not in self.starting:
+                return choice
         switch_after = self.config.engine.model_switch_after
-        chosen = pick([r.candidate for r in ready], self.engines.loaded_model, now, switch_after)
-        rest = [r.candidate for r in ready if r.verdict is not None and chosen and r.candidate.name != chosen.name]
-        self._next_hint = pick(rest, chosen.model if chosen else None, now, switch_after)
-        return by_name[chosen.name] if chosen else None
+        while True:
+            chosen = self.intake.ready.pick(self._current_model(), now, switch_after)
+            if chosen is None:
+                return None
+            if self._not_before.get(chosen.name, 0) > now or chosen.name in self.starting:
+                self.intake.ready.discard(chosen.name)  # seen again at the next rescan
+                continue
+            return _Choice(chosen, self.intake.verdicts.get(chosen.name, Verdict.READY))
 
-    def _validate_next_ahead(self) -> None:
-        """While this job runs, validate the inbox job likely to run next."""
-        hint = self._next_hint
-        if hint is not None and hint.model is not None:
-            self.prevalidator.offer(self.spool.inbox / f"{hint.name}.jsonl", hint.model)
+    def _take(self, choice: _Choice) -> None:
+        name = choice.candidate.name
+        if choice.verdict is not None:
+            self.intake.taken(name)
+        future = self.starter.submit(self._start, choice)
+        future.add_done_callback(lambda _: self.wake.set())
+        self.starting[name] = (future, choice.candidate.model, time.monotonic())
 
-    def _run(self, choice: _Ready, now: float) -> bool:
+    def _validate_next_ahead(self, now: float) -> None:
+        """While jobs run, validate the inbox job likely to run next (large inputs, in another process)."""
+        nxt = self.intake.ready.pick(self._current_model(), now, self.config.engine.model_switch_after)
+        if nxt is not None and nxt.model is not None:
+            self.prevalidator.offer(self.spool.inbox / f"{nxt.name}.jsonl", nxt.model)
+
+    def _start(self, choice: _Choice) -> ActiveJob | str | None:
+        """On a job-start thread: claim (or take over), then start_job."""
         name = choice.candidate.name
         fail_reason = None
         if choice.verdict is None:
             job, lease = choice.job, leases.acquire(choice.job, self.node, choice.lease)
             if job is None or lease is None:
-                return False  # another daemon took it over first
+                return None  # another daemon took it over first
             log.info("resuming from its checkpoint", extra={"job": job.name})
         else:
             job = claims.claim(self.spool, name, self.node)
-            self.tracker.forget(name)
             if job is None:
-                return False  # another daemon won the claim
+                return None  # another daemon won the claim
             lease = leases.current(job)
             if choice.verdict is Verdict.NO_SIDECAR:
                 fail_reason = f"no sidecar {name}{SIDECAR_SUFFIX} arrived within {self.config.watch.orphan_seconds:g} s (watch.require_sidecar is on)"
                 record = job.load_record()
                 record.pending_failure = fail_reason  # a crash before it is finished must not run it
                 job.save_record(record)
-        ctx = RunContext(
-            config=self.config, node=self.node, spool_root=self.spool.root, profiles=self.profiles,
-            engines=self.engines, hooks=self.service.run_hooks(lambda: self.stop_requested),
-            finish_hooks=self.finish_hooks, handler_names={h.name for h in self.config.handlers},
-            prevalidated=self.prevalidator.take,
-        )  # fmt: skip
-        self._validate_next_ahead()
-        started = time.monotonic()
-        runner = JobRunner(ctx, job, lease)
+        assert lease is not None
         try:
-            outcome = runner.run(fail_reason)
-        except leases.LeaseLost as exc:
-            log.error("%s", exc, extra={"job": job.name})
-            return True
-        except OSError as exc:  # disk full, NFS trouble: the job stays resumable; back off and say so
-            runner.abandon_attempt()
-            self._disk_trouble(exc, job.name)
-            return True
-        except Exception:  # a bug, not a user mistake: keep the daemon up, back off this job
-            log.exception("unexpected error; the job will be retried", extra={"job": job.name})
-            self._not_before[job.name] = time.time() + 30
-            return True
-        self.engines.touch()  # idle time counts from the end of the last job
-        self._last_trouble = None
-        if outcome in (Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED):
-            self.service.job_done(outcome.value, time.monotonic() - started)
-        return True
+            return start_job(self._ctx, job, lease, fail_reason)
+        except OSError:  # disk full, NFS trouble: not the job's fault, never counted
+            record = job.load_record()
+            give_up_run(job, record, None, self.config)
+            raise
+        except Exception as exc:  # a bug, not a user mistake: count the attempt, keep the daemon up
+            return self._unexpected(job, exc)
 
-    def _idle_status(self) -> str:
+    def _unexpected(self, job: JobDir, exc: Exception) -> str | None:
+        """An unexpected error on one job counts as a failed attempt; the traceback is logged once, at debug."""
+        log.debug("unexpected error", exc_info=exc, extra={"job": job.name})
+        try:
+            record = job.load_record()
+            end = give_up_run(job, record, f"unexpected error: {one_line(exc)}", self.config)
+            if end is not None:
+                return end_job(self._ctx, job, record, end, Sidecar(), None)
+        except Exception as again:  # noqa: BLE001 - the job stays in processing/ and is retried later
+            log.error("cannot record the error (%s); the job will be retried", one_line(again), extra={"job": job.name})
+        self._not_before[job.name] = time.time() + 30
+        return None
+
+    def _reap(self) -> None:
+        """Collect finished starts (to waiting jobs) and finished ends (to metrics)."""
+        for name, (future, _, started) in list(self.starting.items()):
+            if not future.done():
+                continue
+            del self.starting[name]
+            result = self._result(future, name)
+            if isinstance(result, ActiveJob):
+                self.keeper.add(result)
+                self.waiting.append(result)
+            elif isinstance(result, str):
+                self.service.job_done(result, time.monotonic() - started)
+        for closing in [c for c in self.closing if c.future.done()]:
+            self.closing.remove(closing)
+            status = self._result(closing.future, closing.name)
+            if isinstance(status, str):
+                self.service.job_done(status, time.monotonic() - closing.started)
+                self._last_trouble = None
+
+    def _result(self, future: Future, name: str) -> object:
+        try:
+            return future.result()
+        except OSError as exc:  # disk full, NFS trouble: the job stays resumable; back off and say so
+            self._disk_trouble(exc, name)
+        except Exception as exc:  # noqa: BLE001 - a bug in a job task must not stop the daemon
+            log.error("unexpected error: %s; the job will be retried", one_line(exc), extra={"job": name})
+            log.debug("traceback", exc_info=exc, extra={"job": name})
+            self._not_before[name] = time.time() + 30
+        return None
+
+    # ---- the engine ------------------------------------------------------------------------------
+
+    def _load_for_waiting(self) -> None:
+        """Move started jobs of the loaded model to the engine; switch models only once the engine drained."""
+        if not self.waiting:
+            return
+        loaded = self.engines.loaded_model
+        if not self.active and not any(j.model == loaded for j in self.waiting):
+            first = max(self.waiting, key=lambda j: j.priority)
+            try:
+                engine = self.engines.get(first.profile)
+            except ModelLoadError as exc:
+                for job in [j for j in self.waiting if j.model == first.model]:
+                    self._close(job, "retry", f"model {first.model} failed to load: {exc}")
+                    self.waiting.remove(job)
+                return
+            self.loop = EngineLoop(engine)
+            loaded = engine.model
+        if self.loop is None or self.loop.engine.model != loaded:
+            return
+        for job in [j for j in self.waiting if j.model == loaded]:
+            self.waiting.remove(job)
+            self.active.append(job)
+
+    def _feed(self) -> bool:
+        loop = self.loop
+        if loop is None or not self.active:
+            return False
+        order = sorted(self.active, key=lambda j: -j.priority)  # stable: earlier admitted first
+        try:
+            loop.fill(order, self.config.engine.window)
+            loop.step()
+        except EngineFailure as exc:
+            self._engine_failed(exc)
+            return False
+        self.engines.touch()
+        for job in list(self.active):
+            for cut in job.full_cuts():
+                self.io.submit(commit, job, cut)
+            if job.drained:
+                self.active.remove(job)
+                self._close(job, "completed")
+        return loop.in_flight() > 0
+
+    def _engine_failed(self, exc: EngineFailure) -> None:
+        """The engine as a whole failed: what finished is kept, each active job's attempt counts."""
+        stopping = self.stop_requested
+        for job in list(self.active):
+            self.active.remove(job)
+            job.dropped(job.in_engine)
+            self._close(job, "stopped" if stopping else "retry", f"engine error: {exc}")
+        self.loop = None
+        self.engines.unload()
+
+    def _close(self, job: ActiveJob, how: str, reason: str | None = None) -> None:
+        """Hand the job's last cut and its end to the job I/O thread; it leaves the engine now."""
+        if self.loop is not None and job.in_engine:
+            self.loop.drop(job)
+        job.close_reader()
+        self.keeper.remove(job)
+        for cut in job.full_cuts():
+            self.io.submit(commit, job, cut)
+        future = self.io.submit(close, job, job.cut(), how, reason)
+        future.add_done_callback(lambda _: self.wake.set())
+        self.closing.append(_Closing(job.name, future, job.started))
+
+    def _act_on_flags(self) -> None:
+        """Lost leases, cancels and task errors, noticed by other threads."""
+        for group in (self.active, self.waiting):
+            for job in list(group):
+                if job.trouble is not None:
+                    group.remove(job)
+                    self._close(job, "stopped")  # close() reports the trouble
+                elif job.lost:
+                    group.remove(job)
+                    if self.loop is not None:
+                        self.loop.drop(job)
+                    job.close_reader()
+                    self.keeper.remove(job)
+                elif job.cancel:
+                    group.remove(job)
+                    self._close(job, "cancelled")
+
+    def _drain(self) -> None:
+        """SIGTERM: abort what is in the engine, commit every job's finished records, leave them resumable."""
+        if self.loop is not None:
+            self.loop.drop_all()
+        for job in self.active + self.waiting:
+            self._close(job, "stopped")
+        self.active, self.waiting = [], []
+        for name, (future, _, _) in list(self.starting.items()):
+            result = self._result(future, name)
+            if isinstance(result, ActiveJob):
+                self._close(result, "stopped")
+        self.starting.clear()
+        for closing in self.closing:
+            self._result(closing.future, closing.name)
+        self.closing.clear()
+
+    # ---- what the outside world sees ----------------------------------------------------------
+
+    def _account(self) -> None:
+        loop = self.loop
+        idle = 0.0
+        if loop is not None and self.engines.loaded_model is not None:
+            before = loop.idle_seconds
+            waiting = bool(self.active or self.waiting or self.starting or len(self.intake.ready) or self._resumable)
+            loop.account_idle(waiting)
+            idle = loop.idle_seconds - before
+        self.service.metrics.engine_state(len(self.active), loop.in_flight() if loop else 0, idle)
+
+    def status_text(self) -> str:
         if self.service.paused_reason:
             return self.service.paused_reason
         if self._last_trouble and time.time() < self._paused_until:
             return f"paused: {self._last_trouble}"
-        return "idle: waiting for jobs"
+        if not self.active and not self.waiting and not self.starting:
+            return "idle: waiting for jobs"
+        jobs = sorted(self.active, key=lambda j: -j.priority)
+        shown = "; ".join(j.status_line() for j in jobs[:3]) + (f"; +{len(jobs) - 3} more" if len(jobs) > 3 else "")
+        in_flight = self.loop.in_flight() if self.loop else 0
+        extra = f"; {len(self.starting) + len(self.waiting)} starting" if self.starting or self.waiting else ""
+        model = self.engines.loaded_model or "none"
+        return f"{len(jobs)} active on {model}, {in_flight} in flight{extra}: {shown}"
+
+    def _beat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_status >= STATUS_EVERY or not self.active:
+            self._last_status = now
+            self.service.beat(self.status_text())
+        else:
+            self.service.notifier.watchdog()
 
     def _disk_trouble(self, exc: OSError, job: str | None) -> None:
         """One log line per distinct problem; pause new work a while instead of crashing or spinning."""
@@ -228,15 +488,16 @@ class Daemon:
 
     # ---- candidates --------------------------------------------------------------------------
 
-    def _resumable(self, now: float) -> list[_Ready]:
+    def _find_resumable(self, now: float) -> list[_Choice]:
         """processing/ jobs this node left behind, or whose owner's lease went stale."""
+        mine = {j.name for j in self.active + self.waiting} | set(self.starting) | {c.name for c in self.closing}
         found = []
         for job in self.spool.jobs(JobState.PROCESSING):
-            if self._not_before.get(job.name, 0) > now:
+            if job.name in mine or self._not_before.get(job.name, 0) > now:
                 continue
             current = leases.current(job)
-            mine = current is not None and current.node == self.node
-            if not mine and not leases.is_stale(current, mtime_or_now(job.state), now, self.config.lease_seconds):
+            own = current is not None and current.node == self.node
+            if not own and not leases.is_stale(current, mtime_or_now(job.state), now, self.config.lease_seconds):
                 continue
             try:
                 record = job.load_record()
@@ -244,44 +505,33 @@ class Daemon:
                 continue
             if record.retry_after > now:
                 continue
-            cand = self._peek(job.name, job.meta, record.claimed_at)
-            found.append(_Ready(cand, None, job, current))
+            priority, model = self._peek_file(job.name, job.meta)
+            found.append(_Choice(Candidate(job.name, priority, record.claimed_at, model), None, job, current))
         return found
 
-    def _inbox_ready(self, now: float) -> list[_Ready]:
-        verdicts = self.tracker.observe(self.spool.scan_inbox(), now)
-        ready = []
-        for name, verdict in verdicts.items():
-            jsonl = self.spool.inbox / f"{name}.jsonl"
-            try:
-                queued_at = jsonl.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            cand = self._peek(name, self.spool.inbox / f"{name}{SIDECAR_SUFFIX}", queued_at)
-            if verdict is Verdict.NO_SIDECAR:
-                cand = Candidate(name, cand.priority, queued_at, None)  # fails fast, no engine
-            ready.append(_Ready(cand, verdict))
-        return ready
+    def _peek(self, name: str) -> tuple[int, str | None]:
+        return self._peek_file(name, self.spool.inbox / f"{name}{SIDECAR_SUFFIX}")
 
-    def _peek(self, name: str, sidecar_path: Path, queued_at: float) -> Candidate:
+    def _peek_file(self, name: str, sidecar_path) -> tuple[int, str | None]:
         """Priority and model from a sidecar (cached by its stat); model None if it will fail."""
+        default = self.config.engine.default_model
         try:
             st = sidecar_path.stat()
             key: object = (str(sidecar_path), st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
-            return Candidate(name, 0, queued_at, self.config.engine.default_model)
+            return 0, default
         cached = self._sidecar_cache.get(name)
         if cached and cached[0] == key:
-            return Candidate(name, cached[1].priority, queued_at, cached[1].model)
+            return cached[1]
         try:
             sidecar = parse_sidecar(sidecar_path.read_bytes(), {h.name for h in self.config.handlers})
-            cand = Candidate(name, sidecar.priority, queued_at, sidecar.model or self.config.engine.default_model)
+            found: tuple[int, str | None] = (sidecar.priority, sidecar.model or default)
         except (SidecarError, OSError):
-            cand = Candidate(name, 0, queued_at, None)
-        if len(self._sidecar_cache) > 10000:
+            found = (0, None)
+        if len(self._sidecar_cache) > 100_000:
             self._sidecar_cache.clear()
-        self._sidecar_cache[name] = (key, cand)
-        return cand
+        self._sidecar_cache[name] = (key, found)
+        return found
 
     # ---- reload ------------------------------------------------------------------------------
 
@@ -301,13 +551,22 @@ class Daemon:
             self.config = new
             self.profiles = profiles
             self.engines.config = new
-            self.tracker = self._new_tracker()
+            self.intake = self._new_intake()
+            self._next_rescan = 0.0
+            self._ctx = self._new_context()  # jobs already running keep the context they started with
             log.info("configuration reloaded from %s", self.config_path or "defaults")
         self.service.ready()
 
-    def _new_tracker(self) -> ReadinessTracker:
+    def _new_intake(self) -> Intake:
         w = self.config.watch
-        return ReadinessTracker(settle=w.settle_seconds, orphan=w.orphan_seconds, require_sidecar=w.require_sidecar)
+        return Intake(self.spool, ReadinessRule(w.settle_seconds, w.orphan_seconds, w.require_sidecar), self._peek)
+
+    def _new_context(self) -> JobContext:
+        return JobContext(
+            config=self.config, node=self.node, spool_root=self.spool.root, profiles=self.profiles,
+            hooks=self.service.run_hooks(lambda: self.stop_requested), finish_hooks=self.finish_hooks,
+            handler_names={h.name for h in self.config.handlers}, prevalidated=self.prevalidator.take,
+        )  # fmt: skip
 
     def _beat_interval(self) -> float:
         return self.service.watchdog_interval or 60.0

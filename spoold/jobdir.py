@@ -33,6 +33,8 @@ class JobRecord(BaseModel):
     """Engine failures and unclean ends (kill -9, OOM) of runs of this job."""
     open_attempt: bool = False
     """True while a run is under way; still true on the next start means that run died."""
+    attempt_mark: int = 0
+    """Progress (checkpoints, validating pass) when the open run started: a dead run counts only if it made none."""
     last_error: str | None = None
     retry_after: float = 0.0
     no_sidecar: bool = False

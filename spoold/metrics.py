@@ -82,6 +82,13 @@ class Metrics:
         self._model_load = Histogram(
             "spoold_model_load_seconds", "Time to load a model.", buckets=MODEL_LOAD_BUCKETS, registry=reg
         )
+        self._active_jobs = Gauge("spoold_active_jobs", "Jobs this daemon feeds to its engine now.", registry=reg)
+        self._in_flight = Gauge("spoold_requests_in_flight", "Requests inside the engine now.", registry=reg)
+        self._engine_idle = Counter(
+            "spoold_engine_idle_seconds",
+            "Seconds a model was loaded and work was waiting, but nothing was in flight.",
+            registry=reg,
+        )
         self._build_info = Gauge("spoold_build_info", "spoold's version, value always 1.", ["version"], registry=reg)
         self._gpu: dict[str, Gauge] | None = None  # registered on the first GPU sample only
         self._gpu_labels: dict[str, set[str]] = {"used": set(), "total": set(), "util": set(), "temp": set()}
@@ -124,6 +131,13 @@ class Metrics:
     def tokens(self, prompt: int, completion: int) -> None:
         self._tokens.labels("prompt").inc(prompt)
         self._tokens.labels("completion").inc(completion)
+
+    def engine_state(self, active_jobs: int, in_flight: int, idle_seconds: float) -> None:
+        """The engine loop's view: jobs fed, requests inside, and idle time to add to the counter."""
+        self._active_jobs.set(active_jobs)
+        self._in_flight.set(in_flight)
+        if idle_seconds > 0:
+            self._engine_idle.inc(idle_seconds)
 
     def chunk_done(self, duration_s: float) -> None:
         self._chunk_duration.observe(max(0.0, duration_s))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -40,9 +41,14 @@ class Prevalidator:
         self.min_bytes = min_bytes
         self._executor: ProcessPoolExecutor | None = None
         self._futures: dict[Key, Future[ValidationSummary]] = {}
+        self._lock = threading.Lock()  # offered from the main thread, taken on job-start threads
 
     def offer(self, path: Path, model: str) -> None:
         """Start validating `path` in the background unless it is small, known, or a pass is busy."""
+        with self._lock:
+            self._offer(path, model)
+
+    def _offer(self, path: Path, model: str) -> None:
         key = file_key(path, model)
         if key is None or key[2] < self.min_bytes or key in self._futures:
             return
@@ -69,7 +75,8 @@ class Prevalidator:
         watchdog there); returning False gives up.
         """
         key = file_key(path, model)
-        future = self._futures.pop(key, None) if key is not None else None
+        with self._lock:
+            future = self._futures.pop(key, None) if key is not None else None
         if future is None:
             return None
         while not future.done():
@@ -87,6 +94,10 @@ class Prevalidator:
             return None
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None

@@ -31,10 +31,30 @@ class Verdict(str, Enum):
 
 
 @dataclass
-class ReadinessTracker:
+class ReadinessRule:
     settle: float
     orphan: float
     require_sidecar: bool
+
+    def needed(self, entry: InboxEntry) -> float | None:
+        """How long `entry` must stay unchanged before a verdict; None: it waits for its input forever."""
+        if entry.jsonl is None:
+            return None
+        return self.settle if entry.yaml is not None else self.orphan
+
+    def judge(self, entry: InboxEntry, still_for: float) -> Verdict | None:
+        needed = self.needed(entry)
+        if needed is None or still_for < needed:
+            return None
+        if entry.yaml is not None:
+            return Verdict.READY
+        return Verdict.NO_SIDECAR if self.require_sidecar else Verdict.ORPHAN
+
+
+@dataclass
+class ReadinessTracker(ReadinessRule):
+    """Judges whole scans of the inbox (see intake.py for the incremental form the daemon uses)."""
+
     _seen: dict[str, tuple[InboxEntry, float]] = field(default_factory=dict)
 
     def observe(self, entries: list[InboxEntry], now: float) -> dict[str, Verdict]:
@@ -51,19 +71,10 @@ class ReadinessTracker:
                 still_for = 0.0
             else:
                 still_for = now - previous[1]
-            verdict = self._judge(entry, still_for)
+            verdict = self.judge(entry, still_for)
             if verdict is not None:
                 verdicts[name] = verdict
         return verdicts
 
     def forget(self, name: str) -> None:
         self._seen.pop(name, None)
-
-    def _judge(self, entry: InboxEntry, still_for: float) -> Verdict | None:
-        if entry.jsonl is None:
-            return None  # a lone sidecar waits for its input
-        if entry.yaml is not None:
-            return Verdict.READY if still_for >= self.settle else None
-        if still_for >= self.orphan:
-            return Verdict.NO_SIDECAR if self.require_sidecar else Verdict.ORPHAN
-        return None

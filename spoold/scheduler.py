@@ -7,6 +7,7 @@ longer than `switch_after`; then oldest first, then name.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 
@@ -40,3 +41,47 @@ def pick(candidates: list[Candidate], loaded_model: str | None, now: float, swit
         if now - oldest_other.queued_at > switch_after:
             return oldest_other
     return min(same, key=_fifo)
+
+
+class ReadyQueue:
+    """Ready jobs kept between looks: per model, a heap on (-priority, age, name).
+
+    Picking costs O(models x log n), not a sort of everything waiting; removal
+    is lazy (an entry counts only while it is the name's current candidate).
+    """
+
+    def __init__(self) -> None:
+        self._heaps: dict[str | None, list[tuple[int, float, str, int, Candidate]]] = {}
+        self._live: dict[str, Candidate] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._live
+
+    def get(self, name: str) -> Candidate | None:
+        return self._live.get(name)
+
+    def push(self, candidate: Candidate) -> None:
+        self._live[candidate.name] = candidate
+        self._seq += 1
+        entry = (-candidate.priority, candidate.queued_at, candidate.name, self._seq, candidate)
+        heapq.heappush(self._heaps.setdefault(candidate.model, []), entry)
+
+    def discard(self, name: str) -> None:
+        self._live.pop(name, None)
+
+    def _top(self, model: str | None) -> Candidate | None:
+        heap = self._heaps.get(model)
+        while heap and self._live.get(heap[0][2]) is not heap[0][4]:
+            heapq.heappop(heap)
+        if heap is not None and not heap:
+            del self._heaps[model]
+        return heap[0][4] if heap else None
+
+    def pick(self, loaded_model: str | None, now: float, switch_after: float) -> Candidate | None:
+        """The job `pick` would choose among everything queued."""
+        tops = [c for c in (self._top(m) for m in list(self._heaps)) if c is not None]
+        return pick(tops, loaded_model, now, switch_after)

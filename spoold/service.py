@@ -31,7 +31,7 @@ MODEL_LOAD_GRACE_SECONDS = 1800.0
 
 
 class _RunHooks:
-    """The runner's view of the service: watchdog/STATUS beats, stop flag, chunk metrics."""
+    """The jobs' view of the service: stop flag, chunk metrics (called from job threads too)."""
 
     def __init__(self, service: Service, should_stop: Callable[[], bool]) -> None:
         self._service, self._should_stop = service, should_stop

@@ -7,13 +7,17 @@ whole can run, before a GPU second is spent on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+import numpy as np
 
 from pydantic import BaseModel
 
+from spoold.engine.base import EngineRequest
 from spoold.lines import LineError, parse_line
-from spoold.reader import read_lines
+from spoold.reader import RawLine, read_lines
 
 MAX_LISTED_ERRORS = 20
 PROGRESS_EVERY = 10_000
@@ -44,32 +48,85 @@ def duplicate_error(line: int, custom_id: str) -> LineError:
     return LineError(line, "duplicate_custom_id", f"custom_id {custom_id!r} already used on an earlier line", custom_id)
 
 
-def validate_file(path: Path, job_model: str, keep_going: Callable[[int], bool] | None = None) -> ValidationSummary:
-    """Stream `path`; memory grows with the number of distinct custom_ids only.
+def judge(raw: RawLine, job_model: str, duplicates: frozenset[int]) -> EngineRequest | LineError | None:
+    """One input line as the validating pass judged it: later duplicates of a custom_id are errors."""
+    parsed = parse_line(raw.data, raw.number, job_model, unterminated=raw.unterminated)
+    if isinstance(parsed, EngineRequest) and raw.number in duplicates:
+        return duplicate_error(raw.number, parsed.custom_id)
+    return parsed
 
+
+def validate_file(path: Path, job_model: str, keep_going: Callable[[int], bool] | None = None) -> ValidationSummary:
+    """Stream `path`; memory does not grow with the input beyond 8 bytes per valid line.
+
+    Duplicate custom_ids are found without holding the ids: the first pass keeps
+    a 64-bit hash of each id (8 bytes, not a ~100-byte Python string); hashes
+    that occur twice are candidates, and only if there are any does a second
+    pass compare the actual ids of those lines (first occurrence wins).
     `keep_going(lines_read)` is called every PROGRESS_EVERY lines (the daemon
     pings its watchdog there); returning False stops with ValidationInterrupted.
     """
     summary = ValidationSummary()
-    seen: set[str] = set()
-    for raw in read_lines(path):
-        if keep_going is not None and raw.number % PROGRESS_EVERY == 0 and not keep_going(raw.number):
-            raise ValidationInterrupted()
-        parsed = parse_line(raw.data, raw.number, job_model, unterminated=raw.unterminated)
-        if parsed is None:
-            continue
+    hashes = array("Q")
+    for parsed in _parsed_lines(path, job_model, keep_going):
         summary.lines += 1
-        if not isinstance(parsed, LineError) and parsed.custom_id in seen:
-            summary.duplicates.append(raw.number)
-            parsed = duplicate_error(raw.number, parsed.custom_id)
         if isinstance(parsed, LineError):
             summary.invalid += 1
             if len(summary.errors) < MAX_LISTED_ERRORS:
                 summary.errors.append(ListedError(code=parsed.code, message=parsed.message, line=parsed.line))
             continue
-        seen.add(parsed.custom_id)
         summary.valid += 1
+        hashes.append(_id_hash(parsed.custom_id))
+    candidates = repeated(hashes)
+    del hashes
+    if candidates:
+        _mark_duplicates(summary, _duplicate_lines(path, job_model, candidates, keep_going))
     return summary
+
+
+def _parsed_lines(path: Path, job_model: str, keep_going: Callable[[int], bool] | None) -> Iterable[EngineRequest | LineError]:
+    for raw in read_lines(path):
+        if keep_going is not None and raw.number % PROGRESS_EVERY == 0 and not keep_going(raw.number):
+            raise ValidationInterrupted()
+        parsed = parse_line(raw.data, raw.number, job_model, unterminated=raw.unterminated)
+        if parsed is not None:
+            yield parsed
+
+
+def _id_hash(custom_id: str) -> int:
+    return hash(custom_id) & 0xFFFF_FFFF_FFFF_FFFF  # one process, one pass pair: the per-process seed is fine
+
+
+def repeated(hashes: array) -> set[int]:
+    """Hash values that occur more than once (pure; sorts `hashes` in place)."""
+    if len(hashes) < 2:
+        return set()
+    values = np.frombuffer(hashes, dtype=np.uint64)
+    values.sort()
+    same = values[1:] == values[:-1]
+    return set(values[1:][same].tolist()) if same.any() else set()
+
+
+def _duplicate_lines(path: Path, job_model: str, candidates: set[int], keep_going: Callable[[int], bool] | None) -> list[LineError]:
+    """Second pass, only over lines whose id hash repeats: exact comparison of the ids."""
+    first: dict[str, int] = {}
+    found = []
+    for parsed in _parsed_lines(path, job_model, keep_going):
+        if isinstance(parsed, LineError) or _id_hash(parsed.custom_id) not in candidates:
+            continue
+        if parsed.custom_id in first:
+            found.append(duplicate_error(parsed.line, parsed.custom_id))
+        else:
+            first[parsed.custom_id] = parsed.line
+    return found
+
+
+def _mark_duplicates(summary: ValidationSummary, duplicates: list[LineError]) -> None:
+    summary.duplicates = [d.line for d in duplicates]
+    summary.valid -= len(duplicates)
+    summary.invalid += len(duplicates)
+    listed = summary.errors + [ListedError(code=d.code, message=d.message, line=d.line) for d in duplicates[:MAX_LISTED_ERRORS]]
+    summary.errors = sorted(listed, key=lambda e: e.line or 0)[:MAX_LISTED_ERRORS]
 
 
 def fatal_reason(summary: ValidationSummary, max_error_ratio: float | None) -> str | None:

@@ -1,16 +1,21 @@
-"""Inbox change hints from watchdog. Hints only: the daemon rescans on a timer anyway,
-so an overflowed inotify queue or a missed NFS change never strands a job."""
+"""Inbox change hints from watchdog: the job names whose files changed. Hints only: the
+daemon rescans on a timer anyway, so an overflowed inotify queue or a missed NFS change
+never strands a job. In poll mode there is no observer: the daemon's own rescan every
+`poll_interval` is the watcher (one listing, not two)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import threading
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+
+from spoold.names import split_job_file
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +51,44 @@ def choose_mode(mode: str, path: Path, mountinfo: str | None = None) -> str:
     return "poll" if fs in NETWORK_FS or fs.startswith("fuse") else "inotify"
 
 
-class _Wake(FileSystemEventHandler):
-    def __init__(self, event: threading.Event) -> None:
+class _Hints(FileSystemEventHandler):
+    def __init__(self, event: threading.Event, names: queue.SimpleQueue[str]) -> None:
         self._event = event
+        self._names = names
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            parts = split_job_file(os.path.basename(os.fsdecode(path))) if path else None
+            if parts is not None:
+                self._names.put(parts[0])
         self._event.set()
 
 
 class InboxWatcher:
-    def __init__(self, inbox: Path, mode: str, poll_interval: float, wake: threading.Event) -> None:
+    def __init__(self, inbox: Path, mode: str, wake: threading.Event) -> None:
         self.inbox = inbox
         self.mode = choose_mode(mode, inbox)
-        self._observer: BaseObserver = PollingObserver(timeout=poll_interval) if self.mode == "poll" else Observer()
-        self._observer.schedule(_Wake(wake), str(inbox), recursive=False)
+        self._names: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._observer: BaseObserver | None = None
+        if self.mode == "inotify":
+            self._observer = Observer()
+            self._observer.schedule(_Hints(wake, self._names), str(inbox), recursive=False)
+
+    def changed(self) -> list[str]:
+        """Job names hinted since the last call."""
+        names = []
+        while True:
+            try:
+                names.append(self._names.get_nowait())
+            except queue.Empty:
+                return names
 
     def start(self) -> None:
+        if self._observer is None:
+            log.info("watching %s (poll)", self.inbox)
+            return
         try:
             self._observer.start()
         except OSError as exc:  # e.g. inotify watch limit reached: the rescan timer still works
@@ -70,6 +97,6 @@ class InboxWatcher:
         log.info("watching %s (%s)", self.inbox, self.mode)
 
     def stop(self) -> None:
-        if self._observer.is_alive():
+        if self._observer is not None and self._observer.is_alive():
             self._observer.stop()
             self._observer.join(timeout=5)

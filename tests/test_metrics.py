@@ -28,6 +28,9 @@ SPEC_FAMILIES = {  # SPEC section 8, without the GPU gauges: name (as parsed) ->
     "spoold_handler_runs": "counter",
     "spoold_model_loaded": "gauge",
     "spoold_model_load_seconds": "histogram",
+    "spoold_active_jobs": "gauge",
+    "spoold_requests_in_flight": "gauge",
+    "spoold_engine_idle_seconds": "counter",
     "spoold_build_info": "gauge",
 }
 GPU_FAMILIES = {

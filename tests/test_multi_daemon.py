@@ -13,14 +13,15 @@ from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_j
 pytestmark = pytest.mark.slow
 
 
-def _second(first: SpooldProcess, root: Path, node: str) -> SpooldProcess:
-    other = SpooldProcess(root, spool_dir=str(first.spool), node_id=node)
+def _second(first: SpooldProcess, root: Path, node: str, **config: object) -> SpooldProcess:
+    other = SpooldProcess(root, spool_dir=str(first.spool), node_id=node, **config)
     other.spool = first.spool
     return other
 
 
 def test_two_daemons_share_a_spool_each_job_runs_once(tmp_path: Path) -> None:
-    with SpooldProcess(tmp_path / "a", node_id="host-a", watch={"mode": "poll"}) as a, _second(a, tmp_path / "b", "host-b") as b:
+    # one slot each: with the default 8, the first daemon to look would take this whole small queue
+    with SpooldProcess(tmp_path / "a", node_id="host-a", watch={"mode": "poll"}, engine={"max_active_jobs": 1}) as a, _second(a, tmp_path / "b", "host-b", engine={"max_active_jobs": 1}) as b:
         jobs = {}
         for i in range(12):
             ids = [f"j{i}-{k}" for k in range(15)]

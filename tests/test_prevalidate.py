@@ -47,7 +47,8 @@ def test_summary_is_used_only_for_the_same_bytes(tmp_path: Path) -> None:
 
 
 def test_next_job_is_validated_while_the_current_one_runs(tmp_path: Path) -> None:
-    with SpooldProcess(tmp_path, engine={"window": 20}) as d:
+    """With every slot taken, the job that will get the next one is validated in another process."""
+    with SpooldProcess(tmp_path, engine={"window": 20, "max_active_jobs": 1}) as d:
         drop_job(d.inbox, "first", [chat_line(f"f{i}", "hi") for i in range(1000)], {"priority": 1})
         _big(d.inbox / ".second.tmp")
         os.rename(d.inbox / ".second.tmp", d.inbox / "second.jsonl")

@@ -61,11 +61,11 @@ def engine_test(test: Any) -> Any:
 
 
 def chat(line: int, content: str = "Hello", **params: Any) -> EngineRequest:
-    return EngineRequest(line, f"c{line}", "chat", {"messages": [{"role": "user", "content": content}], **params})
+    return EngineRequest(line, f"c{line}", "chat", {"messages": [{"role": "user", "content": content}], **params}, key=line)
 
 
 def completion(line: int, prompt: Any = "The quick brown fox", **params: Any) -> EngineRequest:
-    return EngineRequest(line, f"p{line}", "completion", {"prompt": prompt, **params})
+    return EngineRequest(line, f"p{line}", "completion", {"prompt": prompt, **params}, key=line)
 
 
 def run(engine: Any, *requests: EngineRequest) -> dict[int, EngineResult]:
@@ -74,17 +74,17 @@ def run(engine: Any, *requests: EngineRequest) -> dict[int, EngineResult]:
     for request in requests:
         rejected = engine.add(request)
         if rejected is not None:
-            results[request.line] = rejected
+            results[request.key] = rejected
     while engine.in_flight():
         for result in engine.step():
-            assert result.line not in results, "a request came back twice"
-            results[result.line] = result
-    assert sorted(results) == sorted(r.line for r in requests)
+            assert result.key not in results, "a request came back twice"
+            results[result.key] = result
+    assert sorted(results) == sorted(r.key for r in requests)
     return results
 
 
 def one(engine: Any, request: EngineRequest) -> EngineResult:
-    return run(engine, request)[request.line]
+    return run(engine, request)[request.key]
 
 
 def tokenizer(state_dir: Path) -> Any:
@@ -174,7 +174,7 @@ def test_overlong_prompt_and_bad_params_are_line_errors(tiny_engine: Any) -> Non
         completion(1, prompt="word " * 600),
         chat(2, temperature=-1),
         chat(3, tools=[]),
-        EngineRequest(4, "c4", "chat", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}),
+        EngineRequest(4, "c4", "chat", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, key=4),
         chat(5, max_tokens=2),
     )
     assert results[1].error is not None and results[1].error.code == "context_length_exceeded"
@@ -218,10 +218,10 @@ def test_rolling_window_more_requests_than_window(tiny_engine: Any) -> None:
             assert tiny_engine.add(queue.pop(0)) is None
         peak = max(peak, tiny_engine.in_flight())
         for result in tiny_engine.step():
-            assert result.line not in done
-            done[result.line] = result
+            assert result.key not in done
+            done[result.key] = result
     assert peak == window and sorted(done) == list(range(1, total + 1))
-    assert all(r.completion_tokens == 1 + r.line % 7 and r.custom_id == f"c{r.line}" for r in done.values())
+    assert all(r.completion_tokens == 1 + r.key % 7 and r.custom_id == f"c{r.key}" for r in done.values())
 
 
 @engine_test
@@ -235,6 +235,21 @@ def test_abort_all_leaves_nothing_in_flight(tiny_engine: Any) -> None:
     assert not tiny_engine._llm.has_unfinished_requests()
     after = one(tiny_engine, completion(9, max_tokens=2, ignore_eos=True))  # still usable
     assert after.completion_tokens == 2
+
+
+@engine_test
+def test_abort_by_key_drops_only_those_requests(tiny_engine: Any) -> None:
+    """One job cancelled among several: its keys go, the others finish."""
+    for i in range(1, 7):
+        assert tiny_engine.add(completion(i, max_tokens=3 if i % 2 else 400, ignore_eos=True)) is None
+    tiny_engine.step()
+    tiny_engine.abort([2, 4, 6])
+    assert tiny_engine.in_flight() == 3
+    done = {}
+    while tiny_engine.in_flight():
+        for result in tiny_engine.step():
+            done[result.key] = result
+    assert sorted(done) == [1, 3, 5] and all(r.completion_tokens == 3 for r in done.values())
 
 
 @engine_test

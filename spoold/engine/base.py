@@ -1,9 +1,11 @@
-"""The seam between the runner and an inference backend.
+"""The seam between the engine loop and an inference backend.
 
-The runner feeds requests one at a time (`add`) and harvests finished ones
-(`step`), keeping a rolling window in flight, so a chunk boundary (a
-checkpoint) never drains the engine. Every request is identified by its input
-line number, which is unique within a job.
+The engine loop (`engine/loop.py`) feeds requests from every active job one at
+a time (`add`) and harvests finished ones (`step`), keeping a rolling window in
+flight, so neither a chunk boundary (a checkpoint) nor a job boundary drains
+the engine. Inside the engine a request is known by its `key`, unique across
+all jobs the engine serves; the loop maps a key back to its job and line, and
+`abort(keys)` drops one job's requests without touching the others.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ RequestKind = Literal["chat", "completion"]
 @dataclass(frozen=True)
 class EngineRequest:
     line: int
-    """1-based input line number: the request's identity within its job."""
+    """1-based input line number within its job (for messages)."""
     custom_id: str
     kind: RequestKind
     body: dict[str, Any]
     """The OpenAI request body, sidecar sampling defaults already merged (the line wins)."""
+    key: int = 0
+    """The request's identity inside the engine, unique across jobs (set by the engine loop)."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,8 @@ class EngineError:
 class EngineResult:
     """One finished request: a response body, or an error for that line alone."""
 
-    line: int
+    key: int
+    """The `key` of the request this answers."""
     custom_id: str
     body: dict[str, Any] | None = None
     """An OpenAI `chat.completion` / `text_completion` object on success."""
@@ -74,6 +79,10 @@ class Engine(ABC):
     @abstractmethod
     def in_flight(self) -> int:
         """How many added requests have not been returned yet."""
+
+    @abstractmethod
+    def abort(self, keys: list[int]) -> None:
+        """Drop these unfinished requests (one job cancelled or lost); unknown keys are ignored."""
 
     @abstractmethod
     def abort_all(self) -> None:

@@ -38,7 +38,7 @@ class EchoEngine(Engine):
     def add(self, request: EngineRequest) -> EngineResult | None:
         if "SPOOLD_ECHO_REJECT" in _prompt_text(request):
             return EngineResult(
-                line=request.line,
+                key=request.key,
                 custom_id=request.custom_id,
                 error=EngineError("invalid_request", "prompt rejected by the echo backend"),
             )
@@ -54,6 +54,10 @@ class EchoEngine(Engine):
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def abort(self, keys: list[int]) -> None:
+        drop = set(keys)
+        self._pending = [r for r in self._pending if r.key not in drop]
+
     def abort_all(self) -> None:
         self._pending.clear()
 
@@ -67,7 +71,7 @@ class EchoEngine(Engine):
         shape = responses.chat_completion if request.kind == "chat" else responses.text_completion
         body = shape(self.model, [choice], len(words), len(out_words))
         return EngineResult(
-            line=request.line,
+            key=request.key,
             custom_id=request.custom_id,
             body=body,
             prompt_tokens=len(words),

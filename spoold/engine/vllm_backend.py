@@ -53,7 +53,7 @@ class _Pending:
 
 
 class VllmEngine(Engine):
-    """One loaded model. Not thread-safe: the runner drives it from one loop."""
+    """One loaded model. Not thread-safe: the engine loop drives it from the main thread."""
 
     def __init__(self, name: str, llm: Any, sampling_defaults: dict[str, Any], load_seconds: float = 0.0) -> None:
         self.model = name
@@ -109,7 +109,7 @@ class VllmEngine(Engine):
             kwargs = sampling.sampling_kwargs(
                 request.body, request.kind, len(prompt_ids), self._max_model_len, self._defaults
             )
-            request_id = f"{next(self._ids)}-{request.line}"
+            request_id = f"{next(self._ids)}-{request.key}"
             self._submit(request_id, prompt_ids, kwargs)
         except RequestRejected as exc:
             return _error(request, exc.code, str(exc))
@@ -142,6 +142,14 @@ class VllmEngine(Engine):
 
     def in_flight(self) -> int:
         return len(self._pending)
+
+    def abort(self, keys: list[int]) -> None:
+        drop = set(keys)
+        ids = [rid for rid, p in self._pending.items() if p.request.key in drop]
+        if ids:
+            self._llm.abort_request(ids)
+            for rid in ids:
+                del self._pending[rid]
 
     def abort_all(self) -> None:
         if self._pending:
@@ -240,7 +248,7 @@ class VllmEngine(Engine):
         shape = responses.chat_completion if request.kind == "chat" else responses.text_completion
         body = shape(self.model, choices, prompt_tokens, completion_tokens, created=pending.created)
         return EngineResult(
-            line=request.line,
+            key=request.key,
             custom_id=request.custom_id,
             body=body,
             prompt_tokens=prompt_tokens,
@@ -338,7 +346,7 @@ def _token_logprobs(completion: Any, top: int) -> list[responses.TokenLogprob]:
 
 
 def _error(request: EngineRequest, code: str, message: str) -> EngineResult:
-    return EngineResult(line=request.line, custom_id=request.custom_id, error=EngineError(code, message))
+    return EngineResult(key=request.key, custom_id=request.custom_id, error=EngineError(code, message))
 
 
 def _one_line(exc: BaseException) -> str:

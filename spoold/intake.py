@@ -1,0 +1,116 @@
+"""What is waiting in inbox/, kept between looks so taking a job costs the same with 10 or 100,000 waiting.
+
+Per upload it remembers the files' stats and since when they are unchanged,
+the parsed sidecar (priority, model) and, once decided, the verdict; ready
+jobs sit in a `ReadyQueue`. It learns of changes from three sources:
+- `touch(names)`: the watcher's inotify hints, one stat per file named;
+- `due(now)`: uploads whose settle (or orphan) time has come are looked at
+  again at that very moment, not at the next poll;
+- `rescan(now)`: a full listing (linear; the daemon runs it every
+  `poll_interval` in poll mode, and as a safety net in inotify mode), which
+  also catches anything inotify missed (queue overflow, NFS).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX
+from spoold.readiness import FileStat, InboxEntry, ReadinessRule, Verdict
+from spoold.scheduler import Candidate, ReadyQueue
+from spoold.spool import Spool
+
+Peek = Callable[[str], tuple[int, str | None]]
+"""name -> (priority, model) from its sidecar in the inbox (defaults without one); model None when it is invalid."""
+
+
+@dataclass
+class _Upload:
+    entry: InboxEntry
+    since: float
+
+
+class Intake:
+    def __init__(self, spool: Spool, rule: ReadinessRule, peek: Peek) -> None:
+        self.spool = spool
+        self.rule = rule
+        self._peek = peek
+        self._uploads: dict[str, _Upload] = {}
+        self._due: list[tuple[float, str]] = []
+        self.ready = ReadyQueue()
+        self.verdicts: dict[str, Verdict] = {}
+
+    def __len__(self) -> int:
+        return len(self._uploads)
+
+    # ---- sources of change ---------------------------------------------------------------
+
+    def touch(self, names: Iterable[str], now: float) -> None:
+        for name in set(names):
+            self._observe(name, self._stat(name), now)
+
+    def rescan(self, now: float) -> None:
+        current = {e.name: e for e in self.spool.scan_inbox()}
+        for name in [n for n in self._uploads if n not in current]:
+            self._observe(name, None, now)
+        for name, entry in current.items():
+            self._observe(name, entry, now)
+
+    def due(self, now: float) -> None:
+        while self._due and self._due[0][0] <= now:
+            _, name = heapq.heappop(self._due)
+            if name in self._uploads and name not in self.ready:
+                self._observe(name, self._stat(name), now)
+
+    def next_deadline(self) -> float | None:
+        """The earliest moment a pending upload may be decided."""
+        while self._due and (self._due[0][1] not in self._uploads or self._due[0][1] in self.ready):
+            heapq.heappop(self._due)
+        return self._due[0][0] if self._due else None
+
+    def taken(self, name: str) -> None:
+        """Claimed (or gone): forget it; a new upload of the same name starts afresh."""
+        self._uploads.pop(name, None)
+        self.ready.discard(name)
+        self.verdicts.pop(name, None)
+
+    # ---- the rule --------------------------------------------------------------------------
+
+    def _observe(self, name: str, entry: InboxEntry | None, now: float) -> None:
+        if entry is None or (entry.jsonl is None and entry.yaml is None):
+            self.taken(name)
+            return
+        upload = self._uploads.get(name)
+        if upload is None or upload.entry != entry:
+            upload = self._uploads[name] = _Upload(entry, now)
+            self.ready.discard(name)
+            self.verdicts.pop(name, None)
+            needed = self.rule.needed(entry)
+            if needed is not None:
+                heapq.heappush(self._due, (now + needed, name))
+        if name in self.ready:
+            return
+        verdict = self.rule.judge(entry, now - upload.since)
+        if verdict is None:
+            return
+        priority, model = self._peek(name)
+        assert entry.jsonl is not None
+        if verdict is Verdict.NO_SIDECAR:
+            model = None  # fails fast, no engine
+        self.ready.push(Candidate(name, priority, entry.jsonl.mtime_ns / 1e9, model))
+        self.verdicts[name] = verdict
+
+    def _stat(self, name: str) -> InboxEntry | None:
+        files = [self._file_stat(name + suffix) for suffix in (INPUT_SUFFIX, SIDECAR_SUFFIX)]
+        return InboxEntry(name, files[0], files[1]) if files[0] or files[1] else None
+
+    def _file_stat(self, filename: str) -> FileStat | None:
+        try:
+            st = os.stat(self.spool.inbox / filename, follow_symlinks=False)
+        except OSError:
+            return None
+        return FileStat(st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None

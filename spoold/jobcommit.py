@@ -1,0 +1,108 @@
+"""Making an active job's progress durable, and ending it. Runs on the job I/O thread.
+
+Order for every cut: renew the lease (a job taken over must not be written),
+append + fsync the records, renew again (a stall in the flush may have cost us
+the job), then commit the checkpoint that names their length, then the live
+batch.json. One thread runs all commits and ends in submission order, so a
+job's cuts are committed in the order they were taken and its end comes last.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from spoold import lease as leases
+from spoold.active import ActiveJob, Cut
+from spoold.batch import build_batch
+from spoold.checkpoint import Checkpoint, save_checkpoint
+from spoold.errors import one_line
+from spoold.finish import JobEnd
+from spoold.fsutil import atomic_write_json
+from spoold.jobstart import end_job, give_up_run
+
+log = logging.getLogger(__name__)
+
+
+def renew(active: ActiveJob, force: bool = False) -> None:
+    """Renew the job's lease if due (or forced); raises LeaseLost."""
+    with active.lease_lock:
+        now = time.monotonic()
+        if force or now - active.last_renew >= active.ctx.config.lease_seconds / 3:
+            active.lease = leases.renew(active.job, active.lease)
+            active.last_renew = now
+
+
+def commit(active: ActiveJob, cut: Cut) -> None:
+    """Make one cut durable. Never raises: sets `active.lost` if another daemon took the job,
+    `active.trouble` on any other error (the main thread then ends this run of the job)."""
+    if active.lost or active.trouble is not None:
+        return
+    try:
+        _commit(active, cut)
+    except leases.LeaseLost as exc:
+        log.error("%s; leaving it to its new owner", exc, extra={"job": active.name})
+        active.lost = True
+    except Exception as exc:  # noqa: BLE001 - disk full, NFS trouble, or a bug: reported by close()
+        active.trouble = exc
+
+
+def _commit(active: ActiveJob, cut: Cut) -> None:
+    old = active.checkpoint
+    if not cut.records and cut.next_line == old.next_line:
+        renew(active)
+        return
+    renew(active, force=True)
+    writer = active.writer
+    for record in cut.records:
+        writer.add(record)
+    output_bytes, errors_bytes = writer.flush()
+    renew(active, force=True)
+    tally = cut.tally
+    checkpoint = Checkpoint(
+        next_line=cut.next_line, next_offset=cut.next_offset, done_above=cut.done_above,
+        output_bytes=output_bytes, errors_bytes=errors_bytes,
+        succeeded=old.succeeded + tally.succeeded, failed=old.failed + tally.failed,
+        prompt_tokens=old.prompt_tokens + tally.prompt_tokens,
+        completion_tokens=old.completion_tokens + tally.completion_tokens,
+        chunks=old.chunks + 1,
+    )  # fmt: skip
+    save_checkpoint(active.job.checkpoint, checkpoint)
+    active.checkpoint = checkpoint
+    active.rate = (tally.succeeded + tally.failed) / cut.seconds
+    active.ctx.hooks.chunk_committed(cut.seconds, tally.succeeded, tally.failed, tally.prompt_tokens, tally.completion_tokens)
+    batch = build_batch(
+        active.record, "in_progress", node=active.ctx.node, model=active.model, metadata=active.sidecar.metadata,
+        checkpoint=checkpoint, validation=active.validation, chunk_size=active.chunk_size, rate=active.rate,
+    )  # fmt: skip
+    atomic_write_json(active.job.batch, batch)
+
+
+def close(active: ActiveJob, cut: Cut, how: str, reason: str | None = None) -> str | None:
+    """The job's last cut, then its end. `how`: completed | cancelled | stopped | retry (engine failure).
+
+    Returns the job's final status (completed, cancelled, failed), or None when
+    it stays in processing/ (stopped, retried later, or lost to another daemon).
+    """
+    commit(active, cut)
+    if active.lost:
+        return None
+    record = active.record
+    record.run_seconds += time.monotonic() - active.started
+    trouble = active.trouble
+    if isinstance(trouble, OSError):  # not the job's fault: never counted; the daemon pauses and it resumes
+        give_up_run(active.job, record, None, active.ctx.config)
+        raise trouble
+    if trouble is not None:
+        log.debug("unexpected error", exc_info=trouble, extra={"job": active.name})
+        how, reason = "retry", f"unexpected error: {one_line(trouble)}"
+    if how == "stopped":
+        give_up_run(active.job, record, None, active.ctx.config)
+        log.info("stopped at line %d; it resumes from its checkpoint", active.checkpoint.next_line, extra={"job": active.name})
+        return None
+    if how == "retry":
+        end = give_up_run(active.job, record, reason or "engine error", active.ctx.config)
+        if end is None:
+            return None
+        return end_job(active.ctx, active.job, record, end, active.sidecar, active.model, active.checkpoint, active.validation)
+    return end_job(active.ctx, active.job, record, JobEnd(how), active.sidecar, active.model, active.checkpoint, active.validation)

@@ -1,0 +1,74 @@
+"""The daemon's engine loop without its threads: jobs started, fed, cut, committed and closed in one
+thread, so a test can crash it (a BaseException stands in for kill -9) at an exact step."""
+
+from __future__ import annotations
+
+from spoold import lease as leases
+from spoold.active import ActiveJob, JobContext
+from spoold.engine.base import Engine, EngineFailure
+from spoold.engine.loop import EngineLoop
+from spoold.jobcommit import close, commit
+from spoold.jobdir import JobDir
+from spoold.jobstart import start_job
+from spoold.keeper import LeaseKeeper
+
+
+def run_inline(ctx: JobContext, engine: Engine, job: JobDir, lease: leases.Lease | None, fail_reason: str | None = None) -> str:
+    """Run one job to its end; see run_many."""
+    return run_many(ctx, engine, [(job, lease)], fail_reason)[job.name]
+
+
+def run_many(ctx: JobContext, engine: Engine, jobs: list[tuple[JobDir, leases.Lease | None]], fail_reason: str | None = None) -> dict[str, str]:
+    """Run jobs side by side on one engine. Outcome per job name: completed, failed, cancelled
+    (in done/ or failed/), or stopped, retry, lost (still in processing/)."""
+    outcomes: dict[str, str] = {}
+    active: list[ActiveJob] = []
+    keeper = LeaseKeeper()
+    for job, lease in jobs:
+        assert lease is not None
+        started = start_job(ctx, job, lease, fail_reason)
+        if isinstance(started, ActiveJob):
+            active.append(started)
+            keeper.add(started)
+        else:
+            outcomes[job.name] = started or ("stopped" if ctx.hooks.should_stop() else "retry")
+    loop = EngineLoop(engine)
+    engine.abort_all()
+
+    def end(a: ActiveJob, how: str, reason: str | None = None) -> None:
+        if a.in_engine:
+            loop.drop(a)
+        for cut in a.full_cuts():
+            commit(a, cut)
+        status = close(a, a.cut(), how, reason)
+        outcomes[a.name] = "lost" if a.lost else (status or how)
+        active.remove(a)
+
+    while active:
+        keeper.check()
+        for a in list(active):
+            if a.lost:
+                loop.drop(a)
+                outcomes[a.name] = "lost"
+                active.remove(a)
+            elif ctx.hooks.should_stop():
+                end(a, "stopped")
+            elif a.cancel:
+                end(a, "cancelled")
+        try:
+            loop.fill(active, ctx.config.engine.window)
+            loop.step()
+        except EngineFailure as exc:
+            for a in list(active):
+                end(a, "retry", f"engine error: {exc}")
+            break
+        for a in list(active):
+            for cut in a.full_cuts():
+                commit(a, cut)
+            if a.lost:
+                loop.drop(a)
+                outcomes[a.name] = "lost"
+                active.remove(a)
+            elif a.drained:
+                end(a, "completed")
+    return outcomes
