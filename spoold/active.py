@@ -98,6 +98,9 @@ class ActiveJob:
         self._chunk_started = time.monotonic()
         self.exhausted = False
         self.in_engine = 0
+        self.fed = False
+        """True once a request went into the engine in this run (the attempt is then opened on disk)."""
+        self.attempt_opened = False
         # set by other threads (keeper, job I/O), read by the main thread:
         self.lost = False
         self.cancel = False
@@ -145,6 +148,7 @@ class ActiveJob:
             return None
         self.progress.dispatched(raw.number, raw.offset)
         self.in_engine += 1
+        self.fed = True
         return EngineRequest(parsed.line, parsed.custom_id, parsed.kind, {**self.sidecar.sampling, **parsed.body})
 
     def parse(self, raw: RawLine) -> EngineRequest | LineError | None:
@@ -192,6 +196,10 @@ class ActiveJob:
         """Cuts of exactly `chunk_size` records taken as results came in, oldest first."""
         cuts, self._cuts = self._cuts, []
         return cuts
+
+    def remaining(self) -> int:
+        """Lines not read yet (about: blank lines count too)."""
+        return 0 if self.exhausted else max(0, self.validation.lines - self.progress.read_line + 1)
 
     def cut(self) -> Cut:
         """Take the finished records and the low-water mark that names exactly them."""

@@ -32,7 +32,7 @@ from spoold.errors import SidecarError, SpooldError, one_line
 from spoold.finish import FinishHooks
 from spoold.fsutil import mtime_or_now
 from spoold.intake import Intake
-from spoold.jobcommit import close, commit
+from spoold.jobcommit import close, commit, open_attempt
 from spoold.jobdir import JobDir
 from spoold.jobstart import end_job, give_up_run, start_job
 from spoold.keeper import LeaseKeeper
@@ -165,7 +165,7 @@ class Daemon:
     # ---- one step ----------------------------------------------------------------------------
 
     def tick(self, now: float | None = None) -> bool:
-        """One step: look, admit, feed and step the engine, cut checkpoints. True while the engine has work."""
+        """One step: look, admit, feed and step the engine, cut checkpoints. True while jobs are fed to the engine."""
         if self.reload_requested:
             self._reload()
         now = time.time() if now is None else now
@@ -224,9 +224,19 @@ class Daemon:
                 return model
         return self.engines.loaded_model
 
+    def _wants_more(self) -> bool:
+        """Claim another job only when the jobs already taken cannot keep the window full much longer.
+
+        Jobs are never hoarded: a daemon busy with a long job leaves the rest of the
+        inbox to other daemons until its reader nears the end.
+        """
+        window = self.config.engine.window
+        supply = sum(j.remaining() for j in self.active + self.waiting) + window * len(self.starting)
+        return supply < 2 * window
+
     def _admit(self, now: float) -> None:
         slots = self.config.engine.max_active_jobs - len(self.active) - len(self.waiting) - len(self.starting)
-        while slots > 0:
+        while slots > 0 and self._wants_more():
             choice = self._next_choice(now)
             if choice is None:
                 return
@@ -370,6 +380,10 @@ class Daemon:
         order = sorted(self.active, key=lambda j: -j.priority)  # stable: earlier admitted first
         try:
             loop.fill(order, self.config.engine.window)
+            for job in order:
+                if job.fed and not job.attempt_opened:  # from now on a crash may be this job's doing
+                    job.attempt_opened = True
+                    self.io.submit(open_attempt, job)
             loop.step()
         except EngineFailure as exc:
             self._engine_failed(exc)
@@ -381,7 +395,7 @@ class Daemon:
             if job.drained:
                 self.active.remove(job)
                 self._close(job, "completed")
-        return loop.in_flight() > 0
+        return bool(self.active)
 
     def _engine_failed(self, exc: EngineFailure) -> None:
         """The engine as a whole failed: what finished is kept, each active job's attempt counts."""

@@ -33,6 +33,20 @@ def renew(active: ActiveJob, force: bool = False) -> None:
             active.last_renew = now
 
 
+def open_attempt(active: ActiveJob) -> None:
+    """The job's first request went into the engine: from now on, a crash without progress counts against it.
+
+    A job that sat claimed but unfed when the daemon died cannot have caused the crash.
+    """
+    if active.lost or active.trouble is not None:
+        return
+    try:
+        active.record.open_attempt = True
+        active.job.save_record(active.record)
+    except Exception as exc:  # noqa: BLE001 - reported by close()
+        active.trouble = exc
+
+
 def commit(active: ActiveJob, cut: Cut) -> None:
     """Make one cut durable. Never raises: sets `active.lost` if another daemon took the job,
     `active.trouble` on any other error (the main thread then ends this run of the job)."""

@@ -87,6 +87,7 @@ def start_job(ctx: JobContext, job: JobDir, lease: leases.Lease, fail_reason: st
     if rec.in_progress_at is None:
         rec.in_progress_at = time.time()
     rec.status = "in_progress"
+    rec.open_attempt = False  # opened again when the engine gets its first request (jobcommit.open_attempt)
     job.save_record(rec)
     return ActiveJob(ctx, job, lease, rec, sidecar, profile, validation, checkpoint, writer)
 

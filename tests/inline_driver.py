@@ -7,7 +7,7 @@ from spoold import lease as leases
 from spoold.active import ActiveJob, JobContext
 from spoold.engine.base import Engine, EngineFailure
 from spoold.engine.loop import EngineLoop
-from spoold.jobcommit import close, commit
+from spoold.jobcommit import close, commit, open_attempt
 from spoold.jobdir import JobDir
 from spoold.jobstart import start_job
 from spoold.keeper import LeaseKeeper
@@ -57,6 +57,10 @@ def run_many(ctx: JobContext, engine: Engine, jobs: list[tuple[JobDir, leases.Le
                 end(a, "cancelled")
         try:
             loop.fill(active, ctx.config.engine.window)
+            for a in active:
+                if a.fed and not a.attempt_opened:
+                    a.attempt_opened = True
+                    open_attempt(a)
             loop.step()
         except EngineFailure as exc:
             for a in list(active):

@@ -26,13 +26,15 @@ class EchoEngine(Engine):
     """Finishes every request on the next `step`, echoing the prompt (cut to max_tokens words).
 
     `SPOOLD_ECHO_DELAY` (seconds per step) slows it down so tests can kill a
-    daemon mid-job; a prompt containing `SPOOLD_ECHO_REJECT` is rejected as a
+    daemon mid-job, and `SPOOLD_ECHO_PER_STEP` (requests finished per step,
+    oldest first) keeps requests of several jobs in flight together; a prompt containing `SPOOLD_ECHO_REJECT` is rejected as a
     per-request error, as vLLM rejects an over-long prompt.
     """
 
     def __init__(self, model: str, delay: float | None = None) -> None:
         self.model = model
         self._delay = float(os.environ.get("SPOOLD_ECHO_DELAY", "0")) if delay is None else delay
+        self._per_step = int(os.environ.get("SPOOLD_ECHO_PER_STEP", "0"))
         self._pending: list[EngineRequest] = []
 
     def add(self, request: EngineRequest) -> EngineResult | None:
@@ -48,7 +50,8 @@ class EchoEngine(Engine):
     def step(self) -> list[EngineResult]:
         if self._delay:
             time.sleep(self._delay)
-        done, self._pending = self._pending, []
+        cut = self._per_step or len(self._pending)
+        done, self._pending = self._pending[:cut], self._pending[cut:]
         return [self._answer(r) for r in done]
 
     def in_flight(self) -> int:
