@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from spoold.lines import LineError, parse_line
+from spoold.lines import URL_KINDS, LineError, parse_line
 from spoold.reader import read_lines
 
 MAX_LISTED_ERRORS = 20
@@ -38,6 +38,8 @@ class ValidationSummary(BaseModel):
     """Line numbers whose custom_id appeared on an earlier line."""
     errors: list[ListedError] = []
     """The first few line errors, for batch.json and `spoold validate`."""
+    endpoint: str | None = None
+    """The url of the first valid request: batch.json's `endpoint`."""
 
 
 def duplicate_error(line: int, custom_id: str) -> LineError:
@@ -69,6 +71,8 @@ def validate_file(path: Path, job_model: str, keep_going: Callable[[int], bool] 
             continue
         seen.add(parsed.custom_id)
         summary.valid += 1
+        if summary.endpoint is None:
+            summary.endpoint = next(url for url, kind in URL_KINDS.items() if kind == parsed.kind)
     return summary
 
 
