@@ -222,6 +222,7 @@ class Daemon:
                       extra={"job": job} if job else None)  # fmt: skip
             self._last_trouble = what
         self._paused_until = time.time() + pause
+        self.service.disk_paused(self._paused_until)
         self.service.beat(f"paused: {what}")
         if job:
             self._not_before[job] = self._paused_until

@@ -57,6 +57,8 @@ class Service:
         self.gpu = gpu
         self.handlers = HandlerDispatcher(config.handlers, config.node, on_outcome=metrics.handler_run)
         self.paused_reason: str | None = None
+        """Set while a GPU is unhealthy (the health gate)."""
+        self._disk_paused_until = 0.0
         self._last_refresh = 0.0
         self._last_handler_scan = time.monotonic()
         self._rescan: threading.Thread | None = None
@@ -118,8 +120,14 @@ class Service:
     def run_hooks(self, should_stop: Callable[[], bool]) -> _RunHooks:
         return _RunHooks(self, should_stop)
 
+    def disk_paused(self, until: float) -> None:
+        """The loop paused new work until `until` (unix time) after a spool I/O error; shown by spoold_paused."""
+        self._disk_paused_until = until
+        self.metrics.paused("disk", time.time() < until)
+
     def refresh(self, spool: Spool) -> None:
         """Spool gauges, GPU gauges and the GPU health gate, at most every few seconds."""
+        self.metrics.paused("disk", time.time() < self._disk_paused_until)
         now = time.monotonic()
         if now - self._last_handler_scan >= HANDLER_RESCAN_SECONDS and not self._rescan_running():
             self._last_handler_scan = now
@@ -142,6 +150,7 @@ class Service:
             else:
                 log.info("GPU healthy again; taking jobs")
         self.paused_reason = paused
+        self.metrics.paused("gpu", paused is not None)
 
     def _rescan_running(self) -> bool:
         return self._rescan is not None and self._rescan.is_alive()

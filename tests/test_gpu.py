@@ -199,9 +199,11 @@ def test_hot_gpu_pauses_the_daemon_until_it_cools(tmp_path: Path) -> None:
     assert daemon.tick(now=1000.0) is False and daemon.tick(now=1010.0) is False
     assert service.paused_reason is not None and "91" in service.paused_reason and "85" in service.paused_reason
     assert (tmp_path / "inbox" / "j.jsonl").exists(), "claimed while the GPU was too hot"
+    assert 'spoold_paused{reason="gpu"} 1.0' in service.metrics.render().decode()
     gpu.temp = 60
     service._last_refresh = 0.0  # the next tick samples again
     assert daemon.tick(now=1020.0) is False  # first look at the inbox since the pause: settle starts
     assert service.paused_reason is None
+    assert 'spoold_paused{reason="gpu"} 0.0' in service.metrics.render().decode()
     assert daemon.tick(now=1023.0) is True
     assert (tmp_path / "done" / "j" / "batch.json").exists()
