@@ -72,7 +72,7 @@ def main() -> int:
     names = []
     for job in JOBS:
         stale = [SPOOL / s / job for s in ("done", "failed") if (SPOOL / s / job).exists()]
-        name = submit(spool, EXAMPLES / f"{job}.jsonl", name=job if not stale else f"{job}-{int(time.time())}")
+        name = submit(spool, EXAMPLES / f"{job}.jsonl", name=job if not stale else f"{job}-{int(time.time())}").name
         names.append(name)
         say(f"submitted {name}")
     log_path = STATE / "demo-spoold.log"
