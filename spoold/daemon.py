@@ -79,6 +79,7 @@ class Daemon:
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
+        self.service.stop_signalled.set()
         self.wake.set()
 
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:

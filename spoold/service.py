@@ -28,6 +28,8 @@ HANDLER_RESCAN_SECONDS = 300.0
 """How often an idle daemon looks for handler runs planned elsewhere (e.g. by `spoold cancel`)."""
 MODEL_LOAD_GRACE_SECONDS = 1800.0
 """A model load blocks the loop; the watchdog allows it this long before it counts as hung."""
+STOP_EXTENSION_SECONDS = 90.0
+"""SIGTERM during a model load: EXTEND_TIMEOUT_USEC= this much, re-sent until the load (then the stop) can go on."""
 
 
 class _RunHooks:
@@ -58,6 +60,8 @@ class Service:
         self.handlers = HandlerDispatcher(config.handlers, config.node, on_outcome=metrics.handler_run)
         self.paused_reason: str | None = None
         """Set while a GPU is unhealthy (the health gate)."""
+        self.stop_signalled = threading.Event()
+        """Set by the SIGTERM handler (a flag, nothing more); lets a blocked model load ask systemd for time."""
         self._disk_paused_until = 0.0
         self._last_refresh = 0.0
         self._last_handler_scan = time.monotonic()
@@ -114,7 +118,10 @@ class Service:
     @contextmanager
     def loading(self, model: str) -> Iterator[None]:
         self.beat(f"loading model {model}")
-        with self.notifier.watchdog_grace(MODEL_LOAD_GRACE_SECONDS):
+        extend = self.notifier.extend_stop_timeout(
+            self.stop_signalled, STOP_EXTENSION_SECONDS, MODEL_LOAD_GRACE_SECONDS, f"loading model {model}"
+        )
+        with self.notifier.watchdog_grace(MODEL_LOAD_GRACE_SECONDS), extend:
             yield
 
     def run_hooks(self, should_stop: Callable[[], bool]) -> _RunHooks:
