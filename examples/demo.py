@@ -83,7 +83,8 @@ def job_samples(job: Path, width: int = 72) -> list[str]:
             inputs[obj.get("custom_id")] = obj.get("body", obj)
     outputs = _records(job / "output.jsonl")
     if outputs:
-        first = outputs[0]
+        order = {custom_id: i for i, custom_id in enumerate(inputs)}
+        first = min(outputs, key=lambda r: order.get(r["custom_id"], len(order)))  # the earliest input line's answer
         body = first["response"]["body"]
         choice = body["choices"][0]
         answer = choice["message"]["content"] if "message" in choice else choice["text"]
