@@ -173,18 +173,22 @@ UNSUPPORTED = frozenset(
 
 def check_value(key: str, value: Any, kind: str | None, name: str | None = None) -> Any:
     """Check one sampling key's value (`kind` None: a default that may serve either kind); returns it mapped."""
-    name = name or key
-    if key in COPIED:
-        return COPIED[key](name, value)
-    if key in ("max_tokens", "max_completion_tokens"):
-        return max_tokens(name, value)
-    if key == "logprobs":
-        return logprobs(name, value, kind)
-    if key == "top_logprobs":
-        return top_logprobs(name, value, kind)
-    if key == "response_format":
-        return response_format(name, value)
-    raise RuleError(f"{name}: unknown sampling parameter (known: {', '.join(sorted(SAMPLING_KEYS))})")
+    check = _VALUE_CHECKS.get(key)
+    if check is None:
+        raise RuleError(f"{name or key}: unknown sampling parameter (known: {', '.join(sorted(SAMPLING_KEYS))})")
+    return check(name or key, value, kind)
+
+
+_VALUE_CHECKS: dict[str, Callable[[str, Any, str | None], Any]] = {
+    **{key: (lambda n, v, k, check=check: check(n, v)) for key, check in COPIED.items()},
+    "max_tokens": lambda n, v, k: max_tokens(n, v),
+    "max_completion_tokens": lambda n, v, k: max_tokens(n, v),
+    "logprobs": logprobs,
+    "top_logprobs": top_logprobs,
+    "response_format": lambda n, v, k: response_format(n, v),
+}
+_BODY_KEYS: dict[str, Callable[[str, Any, str | None], Any] | None] = {**dict.fromkeys(IGNORED), **_VALUE_CHECKS}
+"""Every known body key: its check, or None for keys without sampling meaning (one lookup per key)."""
 
 
 def check_body(body: Mapping[str, Any], kind: str) -> None:
@@ -193,14 +197,14 @@ def check_body(body: Mapping[str, Any], kind: str) -> None:
     `null` means unset (as in OpenAI's API) and is not checked. Raises RuleError.
     """
     for key, value in body.items():
-        if key in UNSUPPORTED:
-            raise RuleError(f"{key} is not supported by spoold's batch engine")
-        if key in IGNORED:
-            continue
-        if key not in SAMPLING_KEYS:
-            raise RuleError(f"unknown request parameter {key!r}")
-        if value is not None:
-            check_value(key, value, kind)
+        try:
+            check = _BODY_KEYS[key]
+        except KeyError:
+            if key in UNSUPPORTED:
+                raise RuleError(f"{key} is not supported by spoold's batch engine") from None
+            raise RuleError(f"unknown request parameter {key!r}") from None
+        if check is not None and value is not None:
+            check(key, value, kind)
 
 
 def body_problem(kind: str, body: Mapping[str, Any]) -> str | None:
