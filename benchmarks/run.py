@@ -75,7 +75,7 @@ def run_spoold(work: Path, backend: str, n: int, max_tokens: int, chunk_size: in
     return {
         "wall": wall,
         "running": batch["spoold"]["durations"]["running_seconds"],
-        "completion_tokens": batch["usage"]["completion_tokens"],
+        "completion_tokens": batch["usage"]["output_tokens"],
         "records": batch["request_counts"]["completed"] + batch["request_counts"]["failed"],
         "chunks": batch["spoold"]["chunks"]["done"],
         "peak_rss_mb": usage.ru_maxrss / 1024,

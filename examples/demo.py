@@ -60,6 +60,62 @@ def wait_finished(name: str, daemon: subprocess.Popen[bytes], timeout: float = 6
     raise SystemExit(f"[demo] {name} did not finish within {timeout:.0f} s")
 
 
+def job_row(job: Path) -> str:
+    """One line of the results table: status, counts, tokens, inference seconds, tokens per second."""
+    batch = json.loads((job / "batch.json").read_text())
+    counts, usage = batch["request_counts"], batch["usage"]
+    seconds = batch["spoold"]["durations"]["running_seconds"]
+    rate = usage["output_tokens"] / seconds if seconds else 0.0
+    return (f"{job.name:<28} {batch['status']:<10} {counts['total']:>8} {counts['completed']:>4} {counts['failed']:>4} "
+            f"{usage['total_tokens']:>7} {seconds:>8.2f} {rate:>8.0f}")  # fmt: skip
+
+
+def job_samples(job: Path, width: int = 72) -> list[str]:
+    """The job's first answer (question -> answer) and, if any, its first error, each on one short line."""
+    lines = [f"{job.name}:"]
+    inputs = {}
+    for raw in (job / "input.jsonl").read_text(encoding="utf-8").split("\n"):
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            inputs[obj.get("custom_id")] = obj.get("body", obj)
+    outputs = _records(job / "output.jsonl")
+    if outputs:
+        order = {custom_id: i for i, custom_id in enumerate(inputs)}
+        first = min(outputs, key=lambda r: order.get(r["custom_id"], len(order)))  # the earliest input line's answer
+        body = first["response"]["body"]
+        choice = body["choices"][0]
+        answer = choice["message"]["content"] if "message" in choice else choice["text"]
+        asked = _question(inputs.get(first["custom_id"]) or {})
+        lines.append(f"  {first['custom_id']}: {_short(asked, width // 2)!r} -> {_short(answer, width)!r}")
+    else:
+        lines.append("  no successful answer")
+    errors = _records(job / "errors.jsonl")
+    if errors:
+        error = errors[0]["error"]
+        lines.append(f"  first error, line {error.get('line')}: {error['code']}: {_short(error['message'], width)}")
+    return lines
+
+
+def _records(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
+
+
+def _question(body: dict) -> str:
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        return str(messages[-1].get("content", ""))
+    return str(body.get("prompt", ""))
+
+
+def _short(text: str, width: int) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
 def main() -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     write_config()
@@ -72,7 +128,7 @@ def main() -> int:
     names = []
     for job in JOBS:
         stale = [SPOOL / s / job for s in ("done", "failed") if (SPOOL / s / job).exists()]
-        name = submit(spool, EXAMPLES / f"{job}.jsonl", name=job if not stale else f"{job}-{int(time.time())}")
+        name = submit(spool, EXAMPLES / f"{job}.jsonl", name=job if not stale else f"{job}-{int(time.time())}").name
         names.append(name)
         say(f"submitted {name}")
     log_path = STATE / "demo-spoold.log"
@@ -90,14 +146,13 @@ def main() -> int:
     print()
     print(f"{'job':<28} {'status':<10} {'requests':>8} {'ok':>4} {'err':>4} {'tokens':>7} {'seconds':>8} {'tok/s':>8}")
     for job in results:
-        batch = json.loads((job / "batch.json").read_text())
-        counts, usage = batch["request_counts"], batch["usage"]
-        seconds = batch["spoold"]["durations"]["running_seconds"]
-        rate = usage["completion_tokens"] / seconds if seconds else 0.0
-        print(f"{job.name:<28} {batch['status']:<10} {counts['total']:>8} {counts['completed']:>4} {counts['failed']:>4} "
-              f"{usage['total_tokens']:>7} {seconds:>8.2f} {rate:>8.0f}")  # fmt: skip
+        print(job_row(job))
     print(f"\nall {len(results)} jobs finished {wall:.1f} s after the daemon started (model load included; "
           "'seconds' above is inference time only)")
+    print("\nOne answer per job (the tiny model has random weights: gibberish, but real tokens through real vLLM):")
+    for job in results:
+        for line in job_samples(job):
+            print(line)
     print()
     for job in results:
         say(f"results: {job}/output.jsonl, errors: {job}/errors.jsonl, status: {job}/batch.json")

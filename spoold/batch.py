@@ -1,4 +1,9 @@
-"""batch.json: the job's status object, shaped like the OpenAI batch object (SPEC section 5)."""
+"""batch.json: the job's status object, an OpenAI batch object (SPEC section 5).
+
+It parses with the OpenAI SDK's `openai.types.Batch` in every status, live
+(processing/) and final (done/, failed/). spoold's own facts live under the
+`spoold` key, which the SDK keeps as an extra field.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,10 @@ from spoold.validate import ValidationSummary
 
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 _FINAL_FIELD = {"completed": "completed_at", "failed": "failed_at", "cancelled": "cancelled_at"}
+COMPLETION_WINDOW = "24h"
+DEFAULT_ENDPOINT = "/v1/chat/completions"
+"""The endpoint shown before the validating pass has found a valid request (or when none is valid)."""
+INPUT_FILE, OUTPUT_FILE, ERROR_FILE = "input.jsonl", "output.jsonl", "errors.jsonl"
 
 
 def build_batch(
@@ -26,18 +35,23 @@ def build_batch(
     chunk_size: int | None = None,
     errors: list[dict[str, Any]] | None = None,
     rate: float | None = None,
+    now: float | None = None,
 ) -> dict[str, Any]:
+    """The batch object for `record` in `status` (pure but for the clock, which `now` replaces)."""
     ckpt = checkpoint or Checkpoint()
     total = validation.lines if validation else 0
-    now = time.time()
+    now = time.time() if now is None else now
+    endpoint = (validation.endpoint if validation else None) or DEFAULT_ENDPOINT
     batch: dict[str, Any] = {
         "id": record.id,
         "object": "batch",
-        "input_file": "input.jsonl",
-        "output_file": "output.jsonl",
-        "error_file": "errors.jsonl",
+        "endpoint": endpoint,
+        "completion_window": COMPLETION_WINDOW,
+        "input_file_id": INPUT_FILE,
+        "output_file_id": OUTPUT_FILE,
+        "error_file_id": ERROR_FILE,
         "status": status,
-        "created_at": record.created_at,
+        "created_at": int(record.created_at),
         "in_progress_at": _int(record.in_progress_at),
         "finalizing_at": None,
         "completed_at": None,
@@ -45,11 +59,7 @@ def build_batch(
         "cancelled_at": None,
         "request_counts": {"total": total, "completed": ckpt.succeeded, "failed": ckpt.failed},
         "model": model,
-        "usage": {
-            "prompt_tokens": ckpt.prompt_tokens,
-            "completion_tokens": ckpt.completion_tokens,
-            "total_tokens": ckpt.prompt_tokens + ckpt.completion_tokens,
-        },
+        "usage": usage(ckpt.prompt_tokens, ckpt.completion_tokens),
         "metadata": metadata,
         "errors": {"object": "list", "data": errors} if errors else None,
     }
@@ -76,6 +86,17 @@ def build_batch(
         "updated_at": round(now, 3),
     }
     return batch
+
+
+def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """The batch object's `usage` (OpenAI's shape). spoold counts no cached or reasoning tokens apart: both 0."""
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
 
 
 def chunk_count(total: int, chunk_size: int | None) -> int:

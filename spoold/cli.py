@@ -45,12 +45,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     spool = _spool(args, config)
-    name = submit(
+    job = submit(
         spool, Path(args.file), name=args.name, sidecar_file=Path(args.sidecar) if args.sidecar else None,
         model=args.model, settings=args.set, handler_names={h.name for h in config.handlers},
     )  # fmt: skip
-    print(f"submitted {name} -> {spool.inbox / name}.jsonl")
-    return 0
+    print(f"submitted {job.name} -> {spool.inbox / job.name}.jsonl", flush=True)
+    if not args.wait:
+        return 0
+    from spoold.wait import wait_for_job
+
+    try:
+        return wait_for_job(spool, job.name, job.identity)
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; {job.name} goes on (spoold status {job.name})", file=sys.stderr)
+        return 130
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -128,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="sidecar setting, e.g. sampling.max_tokens=64 (repeatable)")
     p.add_argument("--name", help="job name (default: the file's stem)")
     p.add_argument("--sidecar", help="sidecar YAML to start from (default: FILE.yaml beside the input, if any)")
+    p.add_argument("--wait", action="store_true", help="show progress until the job ends; exit 0 only if it completed")
     p = add("status", cmd_status, "queue and progress, per job")
     p.add_argument("name", nargs="?", help="show only this job")
     p.add_argument("--json", action="store_true", help="machine-readable output")

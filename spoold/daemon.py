@@ -3,7 +3,7 @@
 Threads, each with one job:
 - main (this loop): intake, admission, the engine loop (fill, step), cuts; it
   alone pings the watchdog, so a hung engine trips it;
-- job-start (a small pool): claims and validating passes (jobstart.py);
+- job-start (one thread, in admission order): claims and validating passes (jobstart.py);
 - job-io (one thread, in order): checkpoint commits and job ends (jobcommit.py);
 - lease-keeper: renews leases of claimed jobs, notices cancels (keeper.py).
 Signal handlers only set flags; the loop does the logging, checkpointing and exit.
@@ -85,7 +85,7 @@ class Daemon:
         self.finish_hooks = FinishHooks()
         self.service.wire_finish(self.finish_hooks)
         self.keeper = LeaseKeeper()
-        self.starter = ThreadPoolExecutor(2, thread_name_prefix="job-start")
+        self.starter = ThreadPoolExecutor(1, thread_name_prefix="job-start")  # one: claims happen in admission order
         self.io = ThreadPoolExecutor(1, thread_name_prefix="job-io")
         self.loop: EngineLoop | None = None
         self.active: list[ActiveJob] = []  # fed to the engine now
@@ -113,6 +113,7 @@ class Daemon:
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
+        self.service.stop_signalled.set()
         self.wake.set()
 
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
@@ -173,9 +174,13 @@ class Daemon:
         self.service.refresh(self.spool)
         self._reap()
         self._act_on_flags()
-        if not (self.service.paused_reason or now < self._paused_until or self.stop_requested):
+        if self.stop_requested:
+            return False  # run() drains: nothing new goes into the engine
+        if not (self.service.paused_reason or now < self._paused_until):
             self._admit(now)
         self._load_for_waiting()
+        if self.stop_requested:  # a SIGTERM during the model load
+            return False
         busy = self._feed()
         if not self.active and not self.waiting:
             self.engines.unload_if_idle()
@@ -496,6 +501,7 @@ class Daemon:
                       extra={"job": job} if job else None)  # fmt: skip
             self._last_trouble = what
         self._paused_until = time.time() + pause
+        self.service.disk_paused(self._paused_until)
         self.service.beat(f"paused: {what}")
         if job:
             self._not_before[job] = self._paused_until

@@ -18,6 +18,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _NOT_SUPPORTED = 3  # NVML_ERROR_NOT_SUPPORTED, if the module does not say
+_NO_V2_ERRORS = {"NVML_ERROR_NOT_SUPPORTED": 3, "NVML_ERROR_FUNCTION_NOT_FOUND": 13, "NVML_ERROR_ARGUMENT_VERSION_MISMATCH": 25}
+"""What a driver without nvmlDeviceGetMemoryInfo_v2 answers (names as pynvml spells them, values if it does not)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class GpuMonitor:
         self._nvml = nvml
         self._devices: list[tuple[int, Any, str | None]] = []  # index, handle, error at start
         self.available = False
+        self._memory_v2: bool | None = None  # None: not tried yet; False: the driver lacks it, v1 from then on
         env = os.environ if environ is None else environ
         self._start(visible_indices(env.get("CUDA_VISIBLE_DEVICES")))
 
@@ -113,7 +116,7 @@ class GpuMonitor:
         if handle is None:
             return GpuSample(index, error=error or "no NVML handle")
         try:
-            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            memory = self._memory(handle)
             utilization = self._optional(lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100)
             temperature = self._optional(
                 lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
@@ -127,6 +130,30 @@ class GpuMonitor:
             utilization_ratio=utilization,
             temperature_celsius=temperature,
         )
+
+    def _memory(self, handle: Any) -> Any:
+        """NVML's v2 memory information, whose `used` leaves out the driver's reserved memory (as
+        nvidia-smi shows it); v1, which counts reserved memory as used, where the driver lacks v2."""
+        nvml = self._nvml
+        version = getattr(nvml, "nvmlMemory_v2", None)
+        if version is not None and self._memory_v2 is not False:
+            try:
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+            except TypeError:  # an old pynvml without the version argument
+                self._no_memory_v2("this pynvml has no version argument")
+            except nvml.NVMLError as exc:
+                missing = {getattr(nvml, name, value) for name, value in _NO_V2_ERRORS.items()}
+                if getattr(exc, "value", None) not in missing:
+                    raise
+                self._no_memory_v2(str(exc))
+            else:
+                self._memory_v2 = True
+                return memory
+        return nvml.nvmlDeviceGetMemoryInfo(handle)
+
+    def _no_memory_v2(self, why: str) -> None:
+        self._memory_v2 = False
+        log.info("NVML v2 memory information unavailable (%s); GPU memory used includes reserved memory", why)
 
     def _optional(self, read: Any) -> float | None:
         """A reading some GPUs (MIG, older boards) do not support: None, not an error."""

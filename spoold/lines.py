@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from spoold import body_rules
 from spoold.engine.base import EngineRequest, RequestKind
 
 URL_KINDS: dict[str, RequestKind] = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
@@ -103,4 +104,5 @@ def _body_problem(kind: RequestKind, body: dict[str, Any], job_model: str) -> tu
         is_tokens = isinstance(prompt, list) and bool(prompt) and all(isinstance(t, int) for t in prompt)
         if not (isinstance(prompt, str) or is_tokens):
             return "invalid_request", "prompt must be a string or a non-empty list of token ids"
-    return None
+    problem = body_rules.body_problem(kind, body)
+    return ("invalid_request", problem) if problem else None

@@ -21,6 +21,32 @@ _FORMATS = ("auto", "text", "json", "journal")
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
+VLLM_NOTICES = (
+    "Triton is installed, but doesn't include CPU backend",
+    "Triton is not installed. triton-cpu is expected",
+    "Model Runner V2 requires Triton",
+    "Reset SSM cache type to float32",
+    "This model does not officially support disabling chunked prefill",
+    "Enforce eager set, disabling torch.compile",
+    "Inductor compilation was disabled by user settings",
+)
+"""vLLM warnings that only describe a configuration spoold or the profile chose on purpose (the CPU
+build, chunked prefill off on CPU, a profile's `enforce_eager`): logged at info, so a healthy
+host's `journalctl -p warning` stays empty. Every other vLLM warning stays a warning."""
+
+
+class VllmNoticeFilter(logging.Filter):
+    """Demotes the VLLM_NOTICES records to INFO (a handler filter: it sees every propagated record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.name.startswith("vllm"):
+            message = record.getMessage()
+            if any(message.startswith(notice) for notice in VLLM_NOTICES):
+                record.levelno, record.levelname = logging.INFO, "INFO"
+                return logging.getLogger().isEnabledFor(logging.INFO)
+        return True
+
+
 def syslog_priority(levelno: int) -> int:
     """Python level -> syslog priority: <3> err, <4> warning, <6> info, <7> debug."""
     if levelno >= logging.CRITICAL:
@@ -123,6 +149,7 @@ def setup_logging(
         root.removeHandler(old)
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
+    handler.addFilter(VllmNoticeFilter())
     setattr(handler, _MARK, True)
     root.addHandler(handler)
     root.setLevel(numeric)

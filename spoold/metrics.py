@@ -39,6 +39,8 @@ REQUEST_OUTCOMES = ("succeeded", "failed")
 TOKEN_KINDS = ("prompt", "completion")
 SPOOL_STATES = ("inbox", "processing", "done", "failed")
 HANDLER_OUTCOMES = ("ok", "failed")
+PAUSE_REASONS = ("disk", "gpu")
+"""Why new work can be paused: a spool I/O error (full disk, NFS trouble), a GPU too hot or in error."""
 
 CHUNK_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 JOB_BUCKETS = (10, 30, 60, 300, 600, 1800, 3600, 2 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
@@ -89,6 +91,13 @@ class Metrics:
             "Seconds a model was loaded and work was waiting, but nothing was in flight.",
             registry=reg,
         )
+        self._paused = Gauge(
+            "spoold_paused",
+            "1 while this daemon takes no new work for this reason (disk: spool I/O error such as a full disk; "
+            "gpu: a GPU too hot or in NVML error).",
+            ["reason"],
+            registry=reg,
+        )
         self._build_info = Gauge("spoold_build_info", "spoold's version, value always 1.", ["version"], registry=reg)
         self._gpu: dict[str, Gauge] | None = None  # registered on the first GPU sample only
         self._gpu_labels: dict[str, set[str]] = {"used": set(), "total": set(), "util": set(), "temp": set()}
@@ -100,6 +109,8 @@ class Metrics:
             self._tokens.labels(kind)
         for state in SPOOL_STATES:
             self._spool.labels(state)
+        for reason in PAUSE_REASONS:
+            self._paused.labels(reason)
         self._models: set[str] = set()
         self._spool_error: str | None = None
         self._server: WSGIServer | None = None
@@ -154,6 +165,10 @@ class Metrics:
 
     def model_load_seconds(self, seconds: float) -> None:
         self._model_load.observe(max(0.0, seconds))
+
+    def paused(self, reason: str, on: bool) -> None:
+        _check(reason, PAUSE_REASONS, "pause reason")
+        self._paused.labels(reason).set(1 if on else 0)
 
     def handlers_configured(self, names: Iterable[str]) -> None:
         """Export ok/failed as 0 for each configured handler before its first run."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -168,6 +169,40 @@ class Notifier:
         finally:
             self._send([f"WATCHDOG_USEC={self._watchdog_usec}", "WATCHDOG=1"])
             self._last_ping = self._clock()
+
+    @contextmanager
+    def extend_stop_timeout(self, stop: threading.Event, seconds: float, limit: float, doing: str) -> Iterator[None]:
+        """Around one long call that cannot be interrupted (a model load): if `stop` is set meanwhile
+        (SIGTERM), send EXTEND_TIMEOUT_USEC=`seconds` at once and again every third of it until the
+        call ends, so TimeoutStopSec= does not kill a daemon that will stop cleanly once the call
+        returns. Never for longer than `limit` seconds after the stop (a hung call is still killed).
+
+        A helper thread does the sending: the work loop is the one blocked. It sends nothing else.
+        """
+        if not self.enabled:
+            yield
+            return
+        done = threading.Event()
+
+        def extend() -> None:
+            while not stop.wait(0.2):
+                if done.is_set():
+                    return
+            if done.is_set():
+                return
+            log.info("stop requested while %s; asking systemd for more time until it finishes", doing)
+            deadline = time.monotonic() + limit
+            while not done.is_set() and time.monotonic() < deadline:
+                self.extend_timeout(seconds)
+                done.wait(seconds / 3)
+
+        thread = threading.Thread(target=extend, name="stop-timeout-extender", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=1)
 
     def close(self) -> None:
         if self._sock is not None:

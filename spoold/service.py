@@ -28,6 +28,8 @@ HANDLER_RESCAN_SECONDS = 300.0
 """How often an idle daemon looks for handler runs planned elsewhere (e.g. by `spoold cancel`)."""
 MODEL_LOAD_GRACE_SECONDS = 1800.0
 """A model load blocks the loop; the watchdog allows it this long before it counts as hung."""
+STOP_EXTENSION_SECONDS = 90.0
+"""SIGTERM during a model load: EXTEND_TIMEOUT_USEC= this much, re-sent until the load (then the stop) can go on."""
 
 
 class _RunHooks:
@@ -57,6 +59,10 @@ class Service:
         self.gpu = gpu
         self.handlers = HandlerDispatcher(config.handlers, config.node, on_outcome=metrics.handler_run)
         self.paused_reason: str | None = None
+        """Set while a GPU is unhealthy (the health gate)."""
+        self.stop_signalled = threading.Event()
+        """Set by the SIGTERM handler (a flag, nothing more); lets a blocked model load ask systemd for time."""
+        self._disk_paused_until = 0.0
         self._last_refresh = 0.0
         self._last_handler_scan = time.monotonic()
         self._rescan: threading.Thread | None = None
@@ -112,14 +118,23 @@ class Service:
     @contextmanager
     def loading(self, model: str) -> Iterator[None]:
         self.beat(f"loading model {model}")
-        with self.notifier.watchdog_grace(MODEL_LOAD_GRACE_SECONDS):
+        extend = self.notifier.extend_stop_timeout(
+            self.stop_signalled, STOP_EXTENSION_SECONDS, MODEL_LOAD_GRACE_SECONDS, f"loading model {model}"
+        )
+        with self.notifier.watchdog_grace(MODEL_LOAD_GRACE_SECONDS), extend:
             yield
 
     def run_hooks(self, should_stop: Callable[[], bool]) -> _RunHooks:
         return _RunHooks(self, should_stop)
 
+    def disk_paused(self, until: float) -> None:
+        """The loop paused new work until `until` (unix time) after a spool I/O error; shown by spoold_paused."""
+        self._disk_paused_until = until
+        self.metrics.paused("disk", time.time() < until)
+
     def refresh(self, spool: Spool) -> None:
         """Spool gauges, GPU gauges and the GPU health gate, at most every few seconds."""
+        self.metrics.paused("disk", time.time() < self._disk_paused_until)
         now = time.monotonic()
         if now - self._last_handler_scan >= HANDLER_RESCAN_SECONDS and not self._rescan_running():
             self._last_handler_scan = now
@@ -142,6 +157,7 @@ class Service:
             else:
                 log.info("GPU healthy again; taking jobs")
         self.paused_reason = paused
+        self.metrics.paused("gpu", paused is not None)
 
     def _rescan_running(self) -> bool:
         return self._rescan is not None and self._rescan.is_alive()

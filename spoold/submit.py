@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,13 @@ def apply_settings(data: dict[str, Any], settings: list[str]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Submitted:
+    name: str
+    identity: tuple[int, int]
+    """(st_dev, st_ino) of the input: renames keep it, so `--wait` follows the job to processing/ and done/."""
+
+
 def submit(
     spool: Spool,
     source: Path,
@@ -47,8 +55,8 @@ def submit(
     model: str | None = None,
     settings: list[str] | None = None,
     handler_names: set[str] | None = None,
-) -> str:
-    """Copy `source` into the inbox as NAME.jsonl, then write NAME.yaml; returns NAME."""
+) -> Submitted:
+    """Copy `source` into the inbox as NAME.jsonl, then write NAME.yaml."""
     if not source.is_file():
         raise SpooldError(f"{source} is not a file")
     job = name or (source.name[: -len(INPUT_SUFFIX)] if source.name.endswith(INPUT_SUFFIX) else source.stem)
@@ -73,13 +81,14 @@ def submit(
             shutil.copyfileobj(src, dst, 1 << 20)
             dst.flush()
             os.fsync(dst.fileno())
+            st = os.fstat(dst.fileno())
         os.rename(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(spool.inbox)
     atomic_write_text(marker, text)  # the sidecar last: it marks the job complete
-    return job
+    return Submitted(job, (st.st_dev, st.st_ino))
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:

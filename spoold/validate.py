@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from spoold.engine.base import EngineRequest
-from spoold.lines import LineError, parse_line
+from spoold.lines import URL_KINDS, LineError, parse_line
 from spoold.reader import RawLine, read_lines
 
 MAX_LISTED_ERRORS = 20
@@ -42,6 +42,8 @@ class ValidationSummary(BaseModel):
     """Line numbers whose custom_id appeared on an earlier line."""
     errors: list[ListedError] = []
     """The first few line errors, for batch.json and `spoold validate`."""
+    endpoint: str | None = None
+    """The url of the first valid request: batch.json's `endpoint`."""
 
 
 def duplicate_error(line: int, custom_id: str) -> LineError:
@@ -76,6 +78,8 @@ def validate_file(path: Path, job_model: str, keep_going: Callable[[int], bool] 
                 summary.errors.append(ListedError(code=parsed.code, message=parsed.message, line=parsed.line))
             continue
         summary.valid += 1
+        if summary.endpoint is None:
+            summary.endpoint = next(url for url, kind in URL_KINDS.items() if kind == parsed.kind)
         hashes.append(_id_hash(parsed.custom_id))
     candidates = repeated(hashes)
     del hashes

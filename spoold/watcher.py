@@ -51,6 +51,28 @@ def choose_mode(mode: str, path: Path, mountinfo: str | None = None) -> str:
     return "poll" if fs in NETWORK_FS or fs.startswith("fuse") else "inotify"
 
 
+class _StopRaceFilter(logging.Filter):
+    """watchdog logs an ERROR when an inotify read races the observer's stop: `stop()` sets the
+    stopped flag, then drops the inotify handle, while the emitter thread may already be inside
+    `queue_events()` (watchdog/observers/inotify.py). The read is simply skipped, so nothing is
+    wrong; the record is demoted to DEBUG so a clean stop leaves the journal quiet."""
+
+    MESSAGE = "called when the thread is inactive"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and self.MESSAGE in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_stop_race() -> None:
+    """Install the filter on watchdog's inotify logger once (not at import time)."""
+    logger = logging.getLogger("watchdog.observers.inotify")
+    if not any(isinstance(f, _StopRaceFilter) for f in logger.filters):
+        logger.addFilter(_StopRaceFilter())
+
+
 class _Hints(FileSystemEventHandler):
     def __init__(self, event: threading.Event, names: queue.SimpleQueue[str]) -> None:
         self._event = event
@@ -70,6 +92,7 @@ class InboxWatcher:
     def __init__(self, inbox: Path, mode: str, wake: threading.Event) -> None:
         self.inbox = inbox
         self.mode = choose_mode(mode, inbox)
+        quiet_stop_race()
         self._names: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._observer: BaseObserver | None = None
         if self.mode == "inotify":

@@ -35,6 +35,11 @@ def make_batch(name: str, status: str = "completed", batch_id: str | None = None
     return {
         "id": batch_id or f"batch_{name}",
         "object": "batch",
+        "endpoint": "/v1/completions",
+        "completion_window": "24h",
+        "input_file_id": "input.jsonl",
+        "output_file_id": "output.jsonl",
+        "error_file_id": "errors.jsonl",
         "status": status,
         "created_at": 1_700_000_000,
         f"{status}_at": 1_700_000_100,

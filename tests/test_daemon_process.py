@@ -31,7 +31,7 @@ def test_dropped_job_becomes_results(tmp_path: Path) -> None:
         assert batch["request_counts"] == {"total": 25, "completed": 25, "failed": 0}
         assert batch["metadata"] == {"project": "churn"}
         assert batch["spoold"]["chunks"]["done"] >= 4
-        assert batch["usage"]["total_tokens"] == batch["usage"]["prompt_tokens"] + batch["usage"]["completion_tokens"] > 0
+        assert batch["usage"]["total_tokens"] == batch["usage"]["input_tokens"] + batch["usage"]["output_tokens"] > 0
         out = json.loads((job / "output.jsonl").read_text().split("\n")[0])
         assert out["response"]["status_code"] == 200 and out["error"] is None
         assert out["response"]["body"]["object"] == "chat.completion"

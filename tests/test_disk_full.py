@@ -4,7 +4,9 @@ finishes the job exactly once when space comes back."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +29,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_disk_full_pauses_then_finishes_exactly_once(tmp_path: Path, small_disk: Path) -> None:
-    with SpooldProcess(tmp_path, spool_dir=str(small_disk / "spool"), watch={"poll_interval": 0.2}, engine={"window": 8}) as d:
+    overrides = {"watch": {"poll_interval": 0.2}, "engine": {"window": 8}, "metrics": {"listen": "127.0.0.1:0"}}
+    with SpooldProcess(tmp_path, spool_dir=str(small_disk / "spool"), **overrides) as d:
         d.spool = small_disk / "spool"
         for state in ("inbox", "processing", "done", "failed"):
             (d.spool / state).mkdir(parents=True, exist_ok=True)
@@ -41,9 +44,17 @@ def test_disk_full_pauses_then_finishes_exactly_once(tmp_path: Path, small_disk:
         assert d.proc is not None and d.proc.poll() is None, "the daemon must stay up on a full disk"
         assert (d.spool / "processing" / "big").exists()
         assert "pausing new work" in d.log() and "Traceback" not in d.log()
+        url = "http://%s/metrics" % re.search(r"serving metrics on http://(\S+)/metrics", d.log()).group(1)  # type: ignore[union-attr]
+        wait_for(lambda: 'spoold_paused{reason="disk"} 1.0' in _scrape(url), 30, what="the pause gauge")
         filler.unlink()
         job = d.wait_finished("big", timeout=120)
+        wait_for(lambda: 'spoold_paused{reason="disk"} 0.0' in _scrape(url), 30, what="the pause gauge to clear")
         assert job.parent.name == "done"
         assert_exactly_once(job, ids)
         assert d.batch(job)["request_counts"] == {"total": 1500, "completed": 1500, "failed": 0}
         assert d.stop() == 0
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()

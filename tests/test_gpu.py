@@ -14,7 +14,9 @@ from spoold.gpu import GpuMonitor, GpuSample, gpu_health, visible_indices
 from spoold.metrics import Metrics
 
 NOT_SUPPORTED = 3
+FUNCTION_NOT_FOUND = 13
 GPU_IS_LOST = 15
+MEMORY_V2 = 0x02000028
 
 
 class FakeNVMLError(Exception):
@@ -23,13 +25,16 @@ class FakeNVMLError(Exception):
         self.value = value
 
     def __str__(self) -> str:
-        return {NOT_SUPPORTED: "Not Supported", GPU_IS_LOST: "GPU is lost"}.get(self.value, f"code {self.value}")
+        names = {NOT_SUPPORTED: "Not Supported", GPU_IS_LOST: "GPU is lost", FUNCTION_NOT_FOUND: "Function Not Found"}
+        return names.get(self.value, f"code {self.value}")
 
 
 @dataclass
 class FakeGpu:
     used: int = 1 << 30
     total: int = 16 << 30
+    reserved: int = 0
+    """Memory the driver reserves: v1 counts it as used, v2 apart (nvidia-smi shows v2's used)."""
     util: int | Exception = 40
     temp: int | Exception = 55
     memory_error: Exception | None = None
@@ -42,9 +47,13 @@ class FakeNVML:
     gpus: list[FakeGpu] = field(default_factory=list)
     init_error: Exception | None = None
     calls: list[str] = field(default_factory=list)
+    v2_error: Exception | None = None
+    """Set: the driver has no nvmlDeviceGetMemoryInfo_v2 and answers with this."""
     NVMLError = FakeNVMLError
     NVML_TEMPERATURE_GPU = 0
     NVML_ERROR_NOT_SUPPORTED = NOT_SUPPORTED
+    NVML_ERROR_FUNCTION_NOT_FOUND = FUNCTION_NOT_FOUND
+    nvmlMemory_v2 = MEMORY_V2
 
     def nvmlInit(self) -> None:
         self.calls.append("init")
@@ -61,10 +70,19 @@ class FakeNVML:
         self.calls.append(f"handle {index}")
         return self.gpus[index]
 
-    def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> SimpleNamespace:
+    def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu, version: int | None = None) -> SimpleNamespace:
+        """As pynvml: no version is v1 (reserved counted as used); nvmlMemory_v2 calls the _v2 function."""
+        self.calls.append(f"memory v{2 if version else 1}")
+        if version:
+            assert version == MEMORY_V2
+            if self.v2_error is not None:
+                raise self.v2_error
         if gpu.memory_error is not None:
             raise gpu.memory_error
-        return SimpleNamespace(used=gpu.used, total=gpu.total, free=gpu.total - gpu.used)
+        free = gpu.total - gpu.used - gpu.reserved
+        if version:
+            return SimpleNamespace(version=version, total=gpu.total, reserved=gpu.reserved, free=free, used=gpu.used)
+        return SimpleNamespace(total=gpu.total, free=free, used=gpu.used + gpu.reserved)
 
     def nvmlDeviceGetUtilizationRates(self, gpu: FakeGpu) -> SimpleNamespace:
         if isinstance(gpu.util, Exception):
@@ -89,6 +107,42 @@ def test_samples_every_gpu() -> None:
     monitor.close()
     assert nvml.calls[-1] == "shutdown"
     assert monitor.sample() == []
+
+
+def test_memory_used_comes_from_nvml_v2_and_leaves_reserved_memory_out() -> None:
+    """An idle H200: v1 said 645 MB used, nvidia-smi (v2) 0 MiB."""
+    nvml = FakeNVML([FakeGpu(used=0, total=140 << 30, reserved=645 << 20)])
+    monitor = GpuMonitor(nvml=nvml, environ={})
+    assert monitor.sample()[0].memory_used_bytes == 0
+    assert monitor.sample()[0].memory_total_bytes == 140 << 30
+    assert [c for c in nvml.calls if c.startswith("memory")] == ["memory v2", "memory v2"]
+
+
+@pytest.mark.parametrize("missing", [FakeNVMLError(FUNCTION_NOT_FOUND), FakeNVMLError(NOT_SUPPORTED)])
+def test_memory_falls_back_to_v1_where_the_driver_lacks_v2(missing: Exception, caplog: pytest.LogCaptureFixture) -> None:
+    nvml = FakeNVML([FakeGpu(used=1 << 30, reserved=512 << 20), FakeGpu(used=2 << 30)], v2_error=missing)
+    monitor = GpuMonitor(nvml=nvml, environ={})
+    with caplog.at_level(logging.INFO, logger="spoold.gpu"):
+        first = monitor.sample()
+        again = monitor.sample()
+    assert [s.memory_used_bytes for s in first] == [(1 << 30) + (512 << 20), 2 << 30] == [s.memory_used_bytes for s in again]
+    assert all(s.error is None for s in first + again)
+    assert [c for c in nvml.calls if c.startswith("memory")] == ["memory v2", "memory v1", "memory v1", "memory v1", "memory v1"]
+    assert [r.levelno for r in caplog.records] == [logging.INFO]  # said once, not per sample
+
+
+def test_memory_v1_with_an_old_pynvml_that_has_no_v2() -> None:
+    class OldNVML(FakeNVML):
+        nvmlMemory_v2 = None
+
+    nvml = OldNVML([FakeGpu(used=1 << 30, reserved=1 << 20)])
+    assert GpuMonitor(nvml=nvml, environ={}).sample()[0].memory_used_bytes == (1 << 30) + (1 << 20)
+    assert [c for c in nvml.calls if c.startswith("memory")] == ["memory v1"]
+
+
+def test_a_lost_gpu_on_the_v2_call_is_still_an_error() -> None:
+    nvml = FakeNVML([FakeGpu()], v2_error=FakeNVMLError(GPU_IS_LOST))
+    assert GpuMonitor(nvml=nvml, environ={}).sample() == [GpuSample(0, error="GPU is lost")]
 
 
 def test_cuda_visible_devices_limits_what_is_watched() -> None:
@@ -201,10 +255,12 @@ def test_hot_gpu_pauses_the_daemon_until_it_cools(tmp_path: Path) -> None:
     assert daemon.tick(now=1000.0) is False and daemon.tick(now=1010.0) is False
     assert service.paused_reason is not None and "91" in service.paused_reason and "85" in service.paused_reason
     assert (tmp_path / "inbox" / "j.jsonl").exists(), "claimed while the GPU was too hot"
+    assert 'spoold_paused{reason="gpu"} 1.0' in service.metrics.render().decode()
     gpu.temp = 60
     service._last_refresh = 0.0  # the next tick samples again
     assert daemon.tick(now=1020.0) is False  # first look at the inbox since the pause: settle starts
     assert service.paused_reason is None
+    assert 'spoold_paused{reason="gpu"} 0.0' in service.metrics.render().decode()
     daemon.tick(now=1023.0)  # settled: claimed and started off the loop, then fed on later ticks
     for i in range(500):
         if (tmp_path / "done" / "j" / "batch.json").exists():

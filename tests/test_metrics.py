@@ -32,6 +32,7 @@ SPEC_FAMILIES = {  # SPEC section 8, without the GPU gauges: name (as parsed) ->
     "spoold_requests_in_flight": "gauge",
     "spoold_engine_idle_seconds": "counter",
     "spoold_build_info": "gauge",
+    "spoold_paused": "gauge",  # spoold's addition beside SPEC section 8 (README)
 }
 GPU_FAMILIES = {
     "spoold_gpu_memory_used_bytes",
@@ -88,6 +89,8 @@ def test_every_spec_metric_is_served_with_zeroed_labels(metrics: Metrics) -> Non
     for state in ("inbox", "processing", "done", "failed"):
         assert value(data, "spoold_spool_jobs", "spoold_spool_jobs", state=state) == 0
     assert value(data, "spoold_build_info", "spoold_build_info", version="0.1.0") == 1
+    for reason in ("disk", "gpu"):
+        assert value(data, "spoold_paused", "spoold_paused", reason=reason) == 0
     assert value(data, "spoold_job_duration_seconds", "spoold_job_duration_seconds_count") == 0
 
 

@@ -166,3 +166,31 @@ def test_a_vanished_socket_is_logged_once_and_never_raises(caplog: pytest.LogCap
 
 def test_unsupported_socket_kind_disables_notifications() -> None:
     assert not Notifier.from_env({"NOTIFY_SOCKET": "vsock:2:1234"}).enabled
+
+
+def test_stop_during_a_long_call_extends_the_stop_timeout_until_it_ends(listener: NotifyListener) -> None:
+    import threading
+
+    notifier = Notifier.from_env(listener.env())
+    stop = threading.Event()
+    with notifier.extend_stop_timeout(stop, seconds=0.3, limit=60, doing="loading model m"):
+        time.sleep(0.3)
+        assert not listener.messages_with("EXTEND_TIMEOUT_USEC")  # no stop yet: nothing asked
+        stop.set()
+        time.sleep(0.5)
+    ended = len(listener.messages)
+    time.sleep(0.3)
+    extends = [m.raw for m in listener.messages_with("EXTEND_TIMEOUT_USEC")]
+    assert len(extends) >= 3 and set(extends) == {"EXTEND_TIMEOUT_USEC=300000"}  # re-sent every 0.1 s
+    assert len(listener.messages) == ended  # and not after the call returned
+
+
+def test_stop_timeout_extension_gives_up_at_its_limit(listener: NotifyListener) -> None:
+    import threading
+
+    notifier = Notifier.from_env(listener.env())
+    stop = threading.Event()
+    stop.set()
+    with notifier.extend_stop_timeout(stop, seconds=0.15, limit=0.2, doing="loading model m"):
+        time.sleep(0.8)  # a hung load: systemd must be able to kill it after all
+    assert 1 <= len(listener.messages_with("EXTEND_TIMEOUT_USEC")) <= 5

