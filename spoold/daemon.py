@@ -16,12 +16,14 @@ from types import FrameType
 
 from spoold import claim as claims
 from spoold import lease as leases
+from spoold import spoolperms
 from spoold.config import Config, load_config
 from spoold.engine import load_engine
 from spoold.engine.manager import EngineManager, Loader
 from spoold.errors import SidecarError, SpooldError
 from spoold.finish import FinishHooks
 from spoold.fsutil import mtime_or_now
+from spoold.inputcheck import read_regular
 from spoold.jobdir import JobDir
 from spoold.names import SIDECAR_SUFFIX
 from spoold.prevalidate import Prevalidator
@@ -89,6 +91,8 @@ class Daemon:
         problem = self.spool.check()
         if problem:
             raise SpooldError(problem)
+        for warning in spoolperms.start_warnings(self.spool.root):
+            log.warning("%s", warning)
         for job in claims.recover_claims(self.spool, self.node, self.config.lease_seconds):
             log.info("finished an interrupted claim", extra={"job": job.name})
         self._watcher = InboxWatcher(self.spool.inbox, self.config.watch.mode, self.config.watch.poll_interval, self.wake)
@@ -274,7 +278,7 @@ class Daemon:
         if cached and cached[0] == key:
             return Candidate(name, cached[1].priority, queued_at, cached[1].model)
         try:
-            sidecar = parse_sidecar(sidecar_path.read_bytes(), {h.name for h in self.config.handlers})
+            sidecar = parse_sidecar(read_regular(sidecar_path), {h.name for h in self.config.handlers})
             cand = Candidate(name, sidecar.priority, queued_at, sidecar.model or self.config.engine.default_model)
         except (SidecarError, OSError):
             cand = Candidate(name, 0, queued_at, None)
