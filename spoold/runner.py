@@ -26,6 +26,7 @@ from spoold.engine.manager import EngineManager
 from spoold.errors import SidecarError, UnknownModel
 from spoold.finish import FinishHooks, JobEnd, finish_job
 from spoold.fsutil import atomic_write_json, read_json, truncate_to
+from spoold.inputcheck import read_regular
 from spoold.jobdir import JobDir, JobRecord
 from spoold.lines import LineError, parse_line
 from spoold.profiles import ModelProfile, resolve_model
@@ -349,7 +350,7 @@ class JobRunner:
         if not self.job.meta.exists():
             return Sidecar()
         try:
-            text = self.job.meta.read_bytes()
+            text = read_regular(self.job.meta)
         except OSError as exc:
             raise SidecarError(f"cannot read the sidecar: {exc.strerror}") from None
         return parse_sidecar(text, self.ctx.handler_names)
