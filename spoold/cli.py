@@ -37,13 +37,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     from spoold import spoolperms
 
     spool = _spool(args, load_config(args.config) if not args.spool else Config())
-    done, left = spoolperms.init(spool.root, args.fix)
+    done, left, fixable = spoolperms.init(spool.root, args.fix)
     for line in done:
         print(line)
     for line in left:
         print(f"problem: {line}")
     if left:
-        hint = "" if args.fix else f"; `spoold init --fix --spool {spool.root}` fixes them"
+        hint = f"; `spoold init --fix --spool {spool.root}` fixes them" if fixable else ""
         print(f"spoold init: {len(left)} problem(s) left in {spool.root}{hint}", file=sys.stderr)
         return 1
     group = spoolperms.group_name(spool.root)

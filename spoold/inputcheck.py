@@ -24,7 +24,7 @@ from pathlib import Path
 
 CHECKED = ("input.jsonl", "meta.yaml")
 REFUSED_SUFFIX = ".refused"
-ADVICE = "spoold reads only regular files with a single name (copy the file into inbox/, do not link it)"
+ADVICE = "spoold reads only regular files with a single name: copy the file into inbox/, do not link it"
 
 
 def refusal(st: os.stat_result, *, one_name: bool = True) -> str | None:

@@ -31,7 +31,7 @@ class Spool:
 
     def init(self) -> None:
         """Create the layout (idempotent), setgid and group-writable as `spoold init` makes it."""
-        spoolperms.init(self.root, fix=False)
+        spoolperms.init(self.root, fix=False)  # what it reports is for `spoold init` to print
 
     def check(self) -> str | None:
         """A reason the spool is unusable, or None."""

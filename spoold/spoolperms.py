@@ -74,6 +74,8 @@ def problems(folders: list[Folder], group_name: str = "the spool's group") -> li
             continue
         if not f.is_dir:
             found.append(Problem(f.path, f"{f.path} is not a directory (move it away, then run `spoold init`)"))
+            if f.is_root:
+                break  # nothing below it to look at
             continue
         want = wanted_mode(f.mode, f.is_root)
         if stat.S_IMODE(f.mode) != want:
@@ -123,7 +125,7 @@ def inspect(root: Path) -> list[Folder]:
     for path in layout(root):
         try:
             st = path.stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             folders.append(Folder(path, path == root, None, None))
             continue
         folders.append(Folder(path, path == root, st.st_mode, st.st_gid, stat.S_ISDIR(st.st_mode)))
@@ -161,9 +163,10 @@ def apply(problem: Problem) -> str | None:
     return None
 
 
-def init(root: Path, fix: bool) -> tuple[list[str], list[str]]:
-    """`spoold init`: create what is missing, fix the rest only if `fix`. Returns (done, problems left)."""
-    done, left = [], []
+def init(root: Path, fix: bool) -> tuple[list[str], list[str], bool]:
+    """`spoold init`: create what is missing, fix the rest only if `fix`.
+    Returns (what was done, problems left, whether `--fix` would fix some of them)."""
+    done, left, fixable = [], [], False
     if not root.exists():
         root.mkdir(parents=True)
         os.chmod(root, CREATE_MODE)
@@ -171,6 +174,7 @@ def init(root: Path, fix: bool) -> tuple[list[str], list[str]]:
     for problem in problems(inspect(root), group_name(root)):
         if not (problem.create or fix):
             left.append(problem.message)
+            fixable = fixable or problem.mode is not None or problem.gid is not None
             continue
         try:
             did = apply(problem)
@@ -178,7 +182,7 @@ def init(root: Path, fix: bool) -> tuple[list[str], list[str]]:
             left.append(f"{problem.message} (cannot fix: {exc.strerror})")
             continue
         (done if did else left).append(did or problem.message)
-    return done, left
+    return done, left, fixable
 
 
 def current_umask() -> int:

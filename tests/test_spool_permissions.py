@@ -200,3 +200,18 @@ def test_spoolperms_start_warnings_reads_the_umask_without_changing_it() -> None
         assert spoolperms.current_umask() == 0o027
     finally:
         os.umask(old)
+
+
+def test_init_on_a_file_says_so_in_one_line_and_offers_no_fix(tmp_path: Path, capsys) -> None:
+    (tmp_path / "f").write_text("")
+    assert main(["init", "--spool", str(tmp_path / "f")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"problem: {tmp_path / 'f'} is not a directory (move it away, then run `spoold init`)"
+    assert "--fix" not in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_spool_init_used_by_tools_makes_the_same_modes(tmp_path: Path, umask_022) -> None:
+    from spoold.spool import Spool
+
+    Spool(tmp_path / "s").init()
+    assert spoolperms.check(tmp_path / "s") == []
