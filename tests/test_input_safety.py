@@ -103,6 +103,7 @@ def test_claim_of_a_safe_job_sets_no_failure(tmp_path: Path) -> None:
 # ---- the real daemon ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_daemon_fails_refused_jobs_with_one_sentence_and_never_reads_them(tmp_path: Path) -> None:
     secret = _secret_file(tmp_path)
     with SpooldProcess(tmp_path / "d") as d:
@@ -136,6 +137,7 @@ def test_daemon_fails_refused_jobs_with_one_sentence_and_never_reads_them(tmp_pa
 # ---- the audit: names, sidecars and handlers cannot leave the spool --------------------------
 
 
+@pytest.mark.slow
 def test_job_names_cannot_leave_the_spool(tmp_path: Path) -> None:
     with SpooldProcess(tmp_path / "d") as d:
         src = tmp_path / "job.jsonl"
@@ -153,6 +155,7 @@ def test_job_names_cannot_leave_the_spool(tmp_path: Path) -> None:
         assert (d.inbox / "..jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_sidecar_cannot_pick_an_unconfigured_handler(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     handler = {"name": "mark", "type": "exec", "command": ["touch", str(marker)], "on": ["completed", "failed"]}
@@ -178,3 +181,22 @@ def test_copy_handler_never_copies_what_a_planted_symlink_points_to(tmp_path: Pa
     with pytest.raises(HandlerError, match="is a symbolic link; spoold copies only regular files"):
         handler.handle(event)
     assert not any(SECRET in p.read_text() for p in outbox.rglob("*") if p.is_file())
+
+
+def test_requeue_copies_a_linked_input_and_refuses_a_refused_one(tmp_path: Path) -> None:
+    from spoold.control import requeue
+    from spoold.errors import SpooldError
+
+    spool = Spool(tmp_path / "spool")
+    spool.init()
+    job_dir, _ = make_job(spool.root, "linked", status="failed")
+    os.link(job_dir / "input.jsonl", tmp_path / "outbox-copy.jsonl")  # as a copy handler with link: true
+    assert requeue(spool, "linked") == "linked"
+    requeued = spool.inbox / "linked.jsonl"
+    assert os.lstat(requeued).st_nlink == 1 and requeued.read_text() == (tmp_path / "outbox-copy.jsonl").read_text()
+    assert not job_dir.exists() and (spool.inbox / "linked.yaml").read_text() == "model: tiny-random\n"
+    assert claim(spool, "linked", "n1").load_record().pending_failure is None  # one name: it runs
+    refused, _ = make_job(spool.root, "refused", status="failed")
+    (refused / "input.jsonl").rename(refused / "input.jsonl.refused")
+    with pytest.raises(SpooldError, match="has no input.jsonl that can run again"):
+        requeue(spool, "refused")

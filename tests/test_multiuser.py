@@ -21,7 +21,7 @@ import yaml
 from spoold_helpers import chat_line, child_env, wait_for, write_jsonl
 from unix_users import UnixUsers, as_user_argv, code_paths, opened_for_others, run_as, spoold_argv
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates Unix users: needs root (CI runs as root)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="creates Unix users: needs root (CI runs as root)")]
 
 
 @dataclass

@@ -129,6 +129,7 @@ def test_init_creates_missing_folders_even_without_fix(tmp_path: Path, umask_022
 # ---- the daemon ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_daemon_warns_once_per_problem_at_start(tmp_path: Path) -> None:
     with SpooldProcess(tmp_path) as d:
         (d.spool / "inbox").chmod(0o755)
@@ -141,6 +142,7 @@ def test_daemon_warns_once_per_problem_at_start(tmp_path: Path) -> None:
         assert log.count("umask 0022") == 1 and "UMask=0007" in log
 
 
+@pytest.mark.slow
 def test_daemon_without_problems_says_nothing_about_permissions(tmp_path: Path) -> None:
     with SpooldProcess(tmp_path) as d:
         d.start()
