@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -70,8 +71,6 @@ class Site:
 
 
 def pwd_uid(user: str) -> int:
-    import pwd
-
     return pwd.getpwnam(user).pw_uid
 
 
