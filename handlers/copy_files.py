@@ -23,6 +23,7 @@ from pathlib import Path
 from spoold.fsutil import fsync_dir
 from spoold.handlers.base import Handler, HandlerError, HandlerEvent
 from spoold.handlers.config import CopyConfig
+from spoold.inputcheck import refusal, safe_opener
 
 TEMP_MARK = ".spoold-tmp-"
 _NO_LINK_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES})
@@ -47,7 +48,8 @@ class CopyHandler(Handler):
                     place_bytes(data, dest / name)
                     continue
                 source = event.job_dir / name
-                if source.exists():
+                if os.path.lexists(source):
+                    refuse_planted(source)
                     place_file(source, dest / name, link=self.config.link)
             fsync_dir(dest)
         except OSError as exc:
@@ -62,6 +64,13 @@ class CopyHandler(Handler):
         return dest
 
 
+def refuse_planted(source: Path) -> None:
+    """A job folder is group-writable: never copy out what a symlink or FIFO planted there points to."""
+    reason = refusal(os.lstat(source), one_name=False)
+    if reason:
+        raise HandlerError(f"{source} {reason}; spoold copies only regular files")
+
+
 def place_file(source: Path, final: Path, *, link: bool) -> None:
     """Make `final` a complete copy of `source` in one rename; readers never see a partial file."""
     if link and _same_file(source, final):
@@ -69,7 +78,7 @@ def place_file(source: Path, final: Path, *, link: bool) -> None:
     tmp = _temp_name(final)
     try:
         if not (link and _try_link(source, tmp)):
-            with open(source, "rb") as src, open(tmp, "xb") as dst:
+            with open(source, "rb", opener=safe_opener) as src, open(tmp, "xb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
                 dst.flush()
                 os.fsync(dst.fileno())

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from spoold import lease as leases
 from spoold.fsutil import atomic_write_json, fsync_dir, mtime_or_now, read_json
+from spoold.inputcheck import refuse_unsafe
 from spoold.jobdir import STATE_DIR, JobDir, JobRecord
 from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX
 from spoold.spool import Spool
@@ -95,6 +96,7 @@ def _complete(spool: Spool, staging: Path, name: str, node: str, created_at: flo
     job = JobDir(staging)
     if not job.record_path.exists():
         record = JobRecord.new(name=name, original_name=name, node=node, created_at=created_at)
+        record.pending_failure = refuse_unsafe(staging)  # symlink, FIFO, device, 2nd hard link, unreadable
         record.no_sidecar = not job.meta.exists()
         job.save_record(record)
     if leases.current(job) is None:

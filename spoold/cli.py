@@ -34,13 +34,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from spoold import spoolperms
+
     spool = _spool(args, load_config(args.config) if not args.spool else Config())
-    spool.init()
-    print(f"spool ready at {spool.root} (inbox/ processing/ done/ failed/)")
+    done, left, fixable = spoolperms.init(spool.root, args.fix)
+    for line in done:
+        print(line)
+    for line in left:
+        print(f"problem: {line}")
+    if left:
+        hint = f"; `spoold init --fix --spool {spool.root}` fixes them" if fixable else ""
+        print(f"spoold init: {len(left)} problem(s) left in {spool.root}{hint}", file=sys.stderr)
+        return 1
+    group = spoolperms.group_name(spool.root)
+    print(f"spool ready at {spool.root}: members of group {group} can submit jobs and read results; others have no access")
     return 0
 
 
+def _shared_umask() -> None:
+    """What a command creates in the spool is for the group and nobody else, whatever the caller's umask."""
+    from spoold.spoolperms import SPOOL_UMASK
+
+    os.umask(SPOOL_UMASK)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    _shared_umask()
     from spoold.submit import submit
 
     config = load_config(args.config)
@@ -100,6 +119,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
+    _shared_umask()
     from spoold.control import requeue
 
     spool = _spool(args, load_config(args.config))
@@ -108,6 +128,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    _shared_umask()
     from spoold.control import cancel
 
     config = load_config(args.config)
@@ -150,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p = add("cancel", cmd_cancel, "stop a queued or running job (results so far are kept)")
     p.add_argument("name")
-    add("init", cmd_init, "create the spool layout")
+    p = add("init", cmd_init, "create the spool layout, shared with the spool's group; report wrong modes")
+    p.add_argument("--fix", action="store_true", help="also fix the modes and groups of existing folders")
     return parser
 
 

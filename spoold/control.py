@@ -31,13 +31,27 @@ def requeue(spool: Spool, name: str) -> str:
     if target.exists() or marker.exists():
         raise SpooldError(f"a job named {name} is already waiting in the inbox")
     job = JobDir(path)
-    sidecar = job.meta.read_bytes() if job.meta.exists() else b"{}\n"  # bytes: moved as it is, whatever it holds
-    os.rename(job.input, target)
+    if not job.input.is_file() or job.input.is_symlink():
+        raise SpooldError(f"job {name} has no input.jsonl that can run again (its batch.json says why it failed)")
+    sidecar = job.meta.read_bytes() if job.meta.is_file() and not job.meta.is_symlink() else b"{}\n"  # bytes, as they are
+    if job.input.stat().st_nlink > 1:  # e.g. a copy handler linked it to an outbox: the daemon wants one name
+        _copy_durably(job.input, target)
+    else:
+        os.rename(job.input, target)
     fsync_dir(spool.inbox)
     atomic_write_bytes(marker, sidecar)
     shutil.rmtree(path)
     fsync_dir(path.parent)
     return name
+
+
+def _copy_durably(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.requeue.part")
+    with open(source, "rb") as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.rename(tmp, target)
 
 
 def cancel(spool: Spool, name: str, node: str, handlers: list[AnyHandlerConfig] | None = None) -> str:

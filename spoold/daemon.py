@@ -22,6 +22,7 @@ from types import FrameType
 
 from spoold import claim as claims
 from spoold import lease as leases
+from spoold import spoolperms
 from spoold.active import ActiveJob, JobContext
 from spoold.config import Config, load_config
 from spoold.engine import load_engine
@@ -31,6 +32,7 @@ from spoold.engine.manager import EngineManager, Loader
 from spoold.errors import SidecarError, SpooldError, one_line
 from spoold.finish import FinishHooks
 from spoold.fsutil import mtime_or_now
+from spoold.inputcheck import read_regular
 from spoold.intake import Intake
 from spoold.jobcommit import close, commit, open_attempt
 from spoold.jobdir import JobDir
@@ -124,6 +126,8 @@ class Daemon:
         problem = self.spool.check()
         if problem:
             raise SpooldError(problem)
+        for warning in spoolperms.start_warnings(self.spool.root):
+            log.warning("%s", warning)
         for job in claims.recover_claims(self.spool, self.node, self.config.lease_seconds):
             log.info("finished an interrupted claim", extra={"job": job.name})
         self._watcher = InboxWatcher(self.spool.inbox, self.config.watch.mode, self.wake)
@@ -299,7 +303,7 @@ class Daemon:
             if choice.verdict is Verdict.NO_SIDECAR:
                 fail_reason = f"no sidecar {name}{SIDECAR_SUFFIX} arrived within {self.config.watch.orphan_seconds:g} s (watch.require_sidecar is on)"
                 record = job.load_record()
-                record.pending_failure = fail_reason  # a crash before it is finished must not run it
+                record.pending_failure = record.pending_failure or fail_reason  # a crash before it is finished must not run it
                 job.save_record(record)
         assert lease is not None
         try:
@@ -544,7 +548,7 @@ class Daemon:
         if cached and cached[0] == key:
             return cached[1]
         try:
-            sidecar = parse_sidecar(sidecar_path.read_bytes(), {h.name for h in self.config.handlers})
+            sidecar = parse_sidecar(read_regular(sidecar_path), {h.name for h in self.config.handlers})
             found: tuple[int, str | None] = (sidecar.priority, sidecar.model or default)
         except (SidecarError, OSError):
             found = (0, None)

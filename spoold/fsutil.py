@@ -9,8 +9,16 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+
+FILE_MODE = 0o666
+"""New files get 0666 less the umask, like any program's: 0660 under the units' UMask=0007,
+so the spool's group (the submitters) can read results and nobody else can."""
+_NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""A job folder is group-writable: a symlink planted there is never followed by a write
+(ELOOP), and a FIFO never blocks one (ENXIO; O_NONBLOCK means nothing to regular files)."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -25,8 +33,8 @@ def fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so readers see the old or the new file, never a mix."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, FILE_MODE)
     try:
         _write_all(fd, data)
         os.fsync(fd)
@@ -58,7 +66,7 @@ def read_json(path: Path) -> Any:
 
 def append_durably(path: Path, data: bytes) -> int:
     """Append `data`, fsync, and return the file's new length (its new good length)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW, FILE_MODE)
     try:
         _write_all(fd, data)
         os.fsync(fd)
@@ -69,7 +77,7 @@ def append_durably(path: Path, data: bytes) -> int:
 
 def truncate_to(path: Path, length: int) -> int:
     """Cut a torn tail: make `path` exactly `length` bytes (creating it if absent). Returns bytes cut."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, FILE_MODE)
     try:
         size = os.fstat(fd).st_size
         if size < length:

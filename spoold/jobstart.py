@@ -19,6 +19,7 @@ from spoold.config import Config
 from spoold.errors import SidecarError, UnknownModel
 from spoold.finish import JobEnd, finish_job
 from spoold.fsutil import atomic_write_json, read_json, truncate_to
+from spoold.inputcheck import read_regular
 from spoold.jobdir import JobDir, JobRecord
 from spoold.lines import LineError
 from spoold.profiles import resolve_model
@@ -48,7 +49,7 @@ def start_job(ctx: JobContext, job: JobDir, lease: leases.Lease, fail_reason: st
     checkpoint = load_checkpoint(job.checkpoint)
     if rec.open_attempt:
         _count_unclean_end(job, rec, checkpoint)
-    fail_reason = fail_reason or rec.pending_failure
+    fail_reason = rec.pending_failure or fail_reason  # e.g. an unsafe input found at claim time
     try:
         sidecar = _load_sidecar(job, ctx)
         model = sidecar.model or cfg.engine.default_model
@@ -162,7 +163,7 @@ def _load_sidecar(job: JobDir, ctx: JobContext) -> Sidecar:
     if not job.meta.exists():
         return Sidecar()
     try:
-        text = job.meta.read_bytes()
+        text = read_regular(job.meta)
     except OSError as exc:
         raise SidecarError(f"cannot read the sidecar: {exc.strerror}") from None
     return parse_sidecar(text, ctx.handler_names)

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from spoold.inputcheck import safe_opener
+
 
 @dataclass(frozen=True)
 class RawLine:
@@ -17,7 +19,7 @@ class RawLine:
 
 
 def read_lines(path: Path, start_offset: int = 0, start_line: int = 1) -> Iterator[RawLine]:
-    with open(path, "rb") as fh:
+    with open(path, "rb", opener=safe_opener) as fh:  # never a symlink, FIFO or second name
         fh.seek(start_offset)
         offset, number = start_offset, start_line
         for data in fh:

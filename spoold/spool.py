@@ -7,6 +7,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from spoold import spoolperms
 from spoold.jobdir import JobDir
 from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX, is_ignored, split_job_file
 from spoold.readiness import FileStat, InboxEntry
@@ -29,9 +30,8 @@ class Spool:
         return self.dir(JobState.PROCESSING)
 
     def init(self) -> None:
-        """Create the layout (idempotent)."""
-        for state in JobState:
-            self.dir(state).mkdir(parents=True, exist_ok=True)
+        """Create the layout (idempotent), setgid and group-writable as `spoold init` makes it."""
+        spoolperms.init(self.root, fix=False)  # what it reports is for `spoold init` to print
 
     def check(self) -> str | None:
         """A reason the spool is unusable, or None."""

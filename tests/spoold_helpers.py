@@ -113,9 +113,11 @@ class SpooldProcess:
         _merge(config, overrides)
         self.config = config
         self.config_path.write_text(yaml.safe_dump(config))
-        for state in ("inbox", "processing", "done", "failed"):
-            (self.spool / state).mkdir(parents=True, exist_ok=True)
+        for path in (self.spool, *(self.spool / s for s in ("inbox", "processing", "done", "failed"))):
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o2770)  # as `spoold init` makes them (else the daemon warns at start)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.umask = 0o007  # as the units' UMask= (else the daemon warns at start)
 
     @property
     def inbox(self) -> Path:
@@ -128,6 +130,7 @@ class SpooldProcess:
                 [sys.executable, "-m", "spoold", "run", "--config", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.root,
                 start_new_session=True,  # its own process group, like a systemd unit's cgroup
+                umask=self.umask,
             )  # fmt: skip
         return self
 
