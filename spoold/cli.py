@@ -11,6 +11,7 @@ from pathlib import Path
 from spoold import __version__
 from spoold.config import Config, load_config
 from spoold.errors import SpooldError
+from spoold.mounts import split_spool_problem
 from spoold.spool import Spool
 
 USER_ERROR = 2
@@ -37,6 +38,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     spool = _spool(args, load_config(args.config) if not args.spool else Config())
     spool.init()
     print(f"spool ready at {spool.root} (inbox/ processing/ done/ failed/)")
+    problem = split_spool_problem(spool.root)
+    if problem:
+        print(f"spoold init: warning: {problem}", file=sys.stderr)
     return 0
 
 

@@ -20,9 +20,11 @@ from spoold.config import Config, load_config
 from spoold.engine import load_engine
 from spoold.engine.manager import EngineManager, Loader
 from spoold.errors import SidecarError, SpooldError
+from spoold.faults import one_line
 from spoold.finish import FinishHooks
 from spoold.fsutil import mtime_or_now
 from spoold.jobdir import JobDir
+from spoold.mounts import split_spool_problem
 from spoold.names import SIDECAR_SUFFIX
 from spoold.prevalidate import Prevalidator
 from spoold.profiles import load_profiles
@@ -64,8 +66,9 @@ class Daemon:
         self._paused_until = 0.0
         self._last_claim_recovery = time.time()
         self._last_trouble: str | None = None
+        self._split_spool: str | None = None  # found on a reload: no new work until a reload finds it fixed
         self._watcher: InboxWatcher | None = None
-        self.prevalidator = Prevalidator()
+        self.prevalidator = Prevalidator(max_line_bytes=config.max_line_bytes)
         self._next_hint: Candidate | None = None
         self.finish_hooks = FinishHooks()
         self.service.wire_finish(self.finish_hooks)
@@ -86,7 +89,7 @@ class Daemon:
         self.wake.set()
 
     def start(self) -> None:
-        problem = self.spool.check()
+        problem = self.spool.check() or split_spool_problem(self.spool.root)
         if problem:
             raise SpooldError(problem)
         for job in claims.recover_claims(self.spool, self.node, self.config.lease_seconds):
@@ -132,7 +135,7 @@ class Daemon:
         now = time.time() if now is None else now
         self.engines.unload_if_idle()
         self.service.refresh(self.spool)
-        if self.service.paused_reason or now < self._paused_until:
+        if self.service.paused_reason or self._split_spool or now < self._paused_until:
             return False
         if now - self._last_claim_recovery >= self.config.lease_seconds:
             self._last_claim_recovery = now
@@ -195,19 +198,32 @@ class Daemon:
             runner.abandon_attempt()
             self._disk_trouble(exc, job.name)
             return True
-        except Exception:  # a bug, not a user mistake: keep the daemon up, back off this job
-            log.exception("unexpected error; the job will be retried", extra={"job": job.name})
-            self._not_before[job.name] = time.time() + 30
-            return True
+        except Exception as exc:  # a bug, not a user mistake: keep the daemon up; a failed attempt, never endless retries
+            outcome = self._unexpected(runner, exc)
         self.engines.touch()  # idle time counts from the end of the last job
         self._last_trouble = None
         if outcome in (Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED):
             self.service.job_done(outcome.value, time.monotonic() - started)
         return True
 
+    def _unexpected(self, runner: JobRunner, exc: Exception) -> Outcome:
+        """Count an unexpected exception as a failed attempt (the job fails after engine.max_attempts,
+        with the one-line summary as its reason); the traceback is logged once per job, at debug."""
+        message = f"unexpected error: {one_line(exc)}"
+        if runner.record.last_error != message:
+            log.debug("%s", message, exc_info=exc, extra={"job": runner.job.name})
+        try:
+            return runner.failed_attempt(message)
+        except Exception as again:  # noqa: BLE001 - recording the attempt failed too: back off, say it once
+            log.error("%s; recording it failed too (%s); retrying in 30 s", message, one_line(again), extra={"job": runner.job.name})
+            self._not_before[runner.job.name] = time.time() + 30
+            return Outcome.RETRY
+
     def _idle_status(self) -> str:
         if self.service.paused_reason:
             return self.service.paused_reason
+        if self._split_spool:
+            return f"paused: {self._split_spool}"
         if self._last_trouble and time.time() < self._paused_until:
             return f"paused: {self._last_trouble}"
         return "idle: waiting for jobs"
@@ -215,6 +231,8 @@ class Daemon:
     def _disk_trouble(self, exc: OSError, job: str | None) -> None:
         """One log line per distinct problem; pause new work a while instead of crashing or spinning."""
         what = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+        if exc.errno == errno.EXDEV:  # a volume mounted over a spool folder since the start check
+            what = split_spool_problem(self.spool.root) or what
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         pause = min(60.0, 10 * self.config.watch.poll_interval)
         if what != self._last_trouble:
@@ -294,6 +312,9 @@ class Daemon:
                 log.warning("spool_dir and node_id changes need a restart; keeping %s as %s", self.spool.root, self.node)
                 new = new.model_copy(update={"spool_dir": self.config.spool_dir, "node_id": self.config.node_id})
             profiles = load_profiles(new.engine.model_dirs)
+            self._split_spool = split_spool_problem(self.spool.root)
+            if self._split_spool:
+                raise SpooldError(f"{self._split_spool}; no new jobs are taken until this is fixed and spoold reloaded")
             self.service.reconfigure(new, self.spool)
         except SpooldError as exc:
             log.error("reload failed, keeping the running config: %s", exc)
@@ -301,6 +322,7 @@ class Daemon:
             self.config = new
             self.profiles = profiles
             self.engines.config = new
+            self.prevalidator.max_line_bytes = new.max_line_bytes
             self.tracker = self._new_tracker()
             log.info("configuration reloaded from %s", self.config_path or "defaults")
         self.service.ready()

@@ -24,10 +24,11 @@ from spoold.config import Config
 from spoold.engine.base import Engine, EngineFailure, EngineRequest, EngineResult, ModelLoadError
 from spoold.engine.manager import EngineManager
 from spoold.errors import SidecarError, UnknownModel
+from spoold.faults import add_or_reject, one_line
 from spoold.finish import FinishHooks, JobEnd, finish_job
 from spoold.fsutil import atomic_write_json, read_json, truncate_to
 from spoold.jobdir import JobDir, JobRecord
-from spoold.lines import LineError, parse_line
+from spoold.lines import LineError, parse_raw_line
 from spoold.profiles import ModelProfile, resolve_model
 from spoold.reader import RawLine, read_lines
 from spoold.records import error_record, success_record
@@ -202,7 +203,7 @@ class JobRunner:
         self._chunk_started = self._now()
         chunk_size = self._chunk_size()
         window = cfg.engine.window
-        lines = read_lines(self.job.input, ckpt.next_offset, ckpt.next_line)
+        lines = read_lines(self.job.input, ckpt.next_offset, ckpt.next_line, cfg.max_line_bytes)
         exhausted = False
         engine.abort_all()  # a previous job's leftovers must never leak into this one
         try:
@@ -233,7 +234,7 @@ class JobRunner:
                     request = EngineRequest(parsed.line, parsed.custom_id, parsed.kind, {**self.sidecar.sampling, **parsed.body})
                     # Open before add: if add raises, the checkpoint must still name this line as not done.
                     self._progress.dispatched(raw.number, raw.offset)
-                    rejected = engine.add(request)
+                    rejected = add_or_reject(engine, request)
                     if rejected is not None:
                         self._record_result(rejected)
                 if engine.in_flight():
@@ -256,7 +257,7 @@ class JobRunner:
 
     def _parse(self, raw: RawLine) -> EngineRequest | LineError | None:
         """One input line as the validating pass judged it (later duplicates of a custom_id are errors)."""
-        parsed = parse_line(raw.data, raw.number, self.model or "", unterminated=raw.unterminated)
+        parsed = parse_raw_line(raw, self.model or "")
         if isinstance(parsed, EngineRequest) and raw.number in self._duplicates:
             return duplicate_error(raw.number, parsed.custom_id)
         return parsed
@@ -365,7 +366,7 @@ class JobRunner:
             return not self.ctx.hooks.should_stop()
 
         ahead = self.ctx.prevalidated(self.job.input, self.model or "", lambda: keep_going(0)) if self.ctx.prevalidated else None
-        summary = ahead or validate_file(self.job.input, self.model or "", keep_going)
+        summary = ahead or validate_file(self.job.input, self.model or "", keep_going, self.ctx.config.max_line_bytes)
         atomic_write_json(self.job.validation, summary.model_dump())
         how = " (validated ahead of time)" if ahead else ""
         log.info("validated: %d requests, %d invalid%s", summary.lines, summary.invalid, how, extra={"job": self.job.name})
@@ -375,7 +376,7 @@ class JobRunner:
         """A job failing as a whole still lists each bad line in errors.jsonl. False if stopped part-way."""
         writer = ResultWriter(self.job, 0, 0)
         failed = 0
-        for raw in read_lines(self.job.input):
+        for raw in read_lines(self.job.input, max_line_bytes=self.ctx.config.max_line_bytes):
             parsed = self._parse(raw)
             if isinstance(parsed, LineError):
                 writer.add(error_record(parsed.custom_id, parsed.line, parsed.code, parsed.message))
@@ -397,6 +398,12 @@ class JobRunner:
             checkpoint=self.checkpoint, validation=self.validation, chunk_size=self._chunk_size(), rate=self._rate,
         )  # fmt: skip
         atomic_write_json(self.job.batch, batch)
+
+    def failed_attempt(self, message: str) -> Outcome:
+        """This attempt failed for a reason that is not the input's (an unexpected exception): it counts
+        toward engine.max_attempts like an engine failure; RETRY later, or FAILED with `message`.
+        Records not yet committed are dropped: the next attempt resumes from the checkpoint."""
+        return self._engine_failed(message)
 
     def _engine_failed(self, message: str) -> Outcome:
         rec = self.record

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from spoold.lines import LineError, parse_line
-from spoold.reader import read_lines
+from spoold.lines import LineError, parse_raw_line, short_repr
+from spoold.reader import MAX_LINE_BYTES, read_lines
 
 MAX_LISTED_ERRORS = 20
 PROGRESS_EVERY = 10_000
@@ -41,21 +41,25 @@ class ValidationSummary(BaseModel):
 
 
 def duplicate_error(line: int, custom_id: str) -> LineError:
-    return LineError(line, "duplicate_custom_id", f"custom_id {custom_id!r} already used on an earlier line", custom_id)
+    return LineError(line, "duplicate_custom_id", f"custom_id {short_repr(custom_id)} already used on an earlier line", custom_id)
 
 
-def validate_file(path: Path, job_model: str, keep_going: Callable[[int], bool] | None = None) -> ValidationSummary:
-    """Stream `path`; memory grows with the number of distinct custom_ids only.
+def validate_file(
+    path: Path, job_model: str, keep_going: Callable[[int], bool] | None = None, max_line_bytes: int = MAX_LINE_BYTES
+) -> ValidationSummary:
+    """Stream `path`; memory grows with the number of distinct custom_ids only (and one line, at most
+    `max_line_bytes`). A line's problem, whatever it is, is that line's error: nothing here raises
+    for a line's content.
 
     `keep_going(lines_read)` is called every PROGRESS_EVERY lines (the daemon
     pings its watchdog there); returning False stops with ValidationInterrupted.
     """
     summary = ValidationSummary()
     seen: set[str] = set()
-    for raw in read_lines(path):
+    for raw in read_lines(path, max_line_bytes=max_line_bytes):
         if keep_going is not None and raw.number % PROGRESS_EVERY == 0 and not keep_going(raw.number):
             raise ValidationInterrupted()
-        parsed = parse_line(raw.data, raw.number, job_model, unterminated=raw.unterminated)
+        parsed = parse_raw_line(raw, job_model)
         if parsed is None:
             continue
         summary.lines += 1
