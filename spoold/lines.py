@@ -159,7 +159,7 @@ def _request_from_object(obj: dict[str, Any], line: int, job_model: str) -> Engi
         if method != "POST":
             return LineError(line, "invalid_request", f"method must be POST, got {short_repr(method)}", cid)
         url = obj.get("url")
-        if url not in URL_KINDS:
+        if not isinstance(url, str) or url not in URL_KINDS:
             return LineError(line, "invalid_url", f"url must be /v1/chat/completions or /v1/completions, got {short_repr(url)}", cid)
         body = obj.get("body")
         if not isinstance(body, dict):

@@ -24,7 +24,7 @@ from spoold.config import Config
 from spoold.engine.base import Engine, EngineFailure, EngineRequest, EngineResult, ModelLoadError
 from spoold.engine.manager import EngineManager
 from spoold.errors import SidecarError, UnknownModel
-from spoold.faults import add_or_reject, one_line
+from spoold.faults import add_or_reject
 from spoold.finish import FinishHooks, JobEnd, finish_job
 from spoold.fsutil import atomic_write_json, read_json, truncate_to
 from spoold.jobdir import JobDir, JobRecord

@@ -39,6 +39,7 @@ def nested(depth: int) -> bytes:
         (b'{"prompt": "a\x00b"}', "invalid_json", "NUL byte"),
         ('{"prompt": "x"}'.encode("utf-16"), "invalid_encoding", "not UTF-8"),
         (b"\xed\xa0\x80", "invalid_encoding", "not UTF-8"),  # a surrogate encoded as UTF-8 bytes
+        (b'{"url": ["/v1/completions"], "body": {"prompt": "x"}}', "invalid_url", "got a list"),  # found by the fuzzer
     ],
 )
 def test_hostile_lines_are_that_lines_error(raw: bytes, code: str, words: str) -> None:
