@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from spoold_helpers import SpooldProcess, chat_line, drop_job, wait_for
+from spoold_helpers import SpooldProcess, chat_line, drop_job, read_records, wait_for
 
 from spoold.mounts import Mount, mount_of, parse_mountinfo, split_spool_problem
 from spoold.watcher import choose_mode
@@ -91,3 +91,18 @@ def test_reload_finds_a_split_spool_and_pauses_until_fixed(tmp_path: Path) -> No
         drop_job(d.inbox, "after", [chat_line("b", "hi")], {})
         assert d.wait_finished("after").parent.name == "done"
         assert d.stop() == 0
+
+
+def test_a_mount_appearing_at_run_time_is_explained_and_the_job_finishes_once_fixed(tmp_path: Path) -> None:
+    """No reload: the finishing rename fails with EXDEV; the log says why in one sentence, the job waits."""
+    with SpooldProcess(tmp_path) as d:
+        d.start()
+        wait_for(lambda: "spoold ready" in d.log(), what="ready")
+        with tmpfs_on(d.spool / "done"):
+            drop_job(d.inbox, "late", [chat_line(f"r{i}", "hi") for i in range(5)], {})
+            wait_for(lambda: "processing/ and done/ are on different mounts" in d.log(), what="the EXDEV explained")
+            assert not (d.spool / "done" / "late").exists()
+        job = d.wait_finished("late")
+        assert job.parent.name == "done" and len(read_records(job)) == 5
+        assert d.stop() == 0
+        assert "Traceback" not in d.log() and "Invalid cross-device link" not in d.log()
