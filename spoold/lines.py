@@ -83,7 +83,7 @@ def _parse(raw: bytes, line: int, job_model: str, unterminated: bool) -> EngineR
     if "\x00" in text:
         return LineError(line, "invalid_json", "line contains a NUL byte (binary data, or UTF-16 text?)")
     try:
-        obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        obj = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         if unterminated:
             return LineError(line, "truncated_line", "last line is cut off (no newline at end of file): was the upload complete?")
@@ -113,11 +113,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+"""Made once: json.loads with keyword arguments builds a new decoder on every call."""
+
+
 def _structure_problem(obj: dict[str, Any], text: str) -> tuple[str, str] | None:
     """Nesting past MAX_NESTING, or a string with a lone UTF-16 surrogate (valid JSON, invalid
     Unicode: no tokenizer or UTF-8 writer takes it). Cheap tests first: most lines skip the walk."""
     deep = text.count("[") + text.count("{") > MAX_NESTING
-    surrogates = _SURROGATE_ESCAPE.search(text) is not None
+    surrogates = "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
     if not (deep or surrogates):
         return None
     stack: list[tuple[Any, int]] = [(obj, 1)]
