@@ -1,14 +1,14 @@
 # make test  - create .venv, install spoold with the CPU vLLM build and test extras, run every test
 # make demo  - set up, build the tiny model, run the daemon on ./spool and process examples/ with real vLLM
 # make bench - run the benchmarks and write benchmarks/results.md
-# make fuzz  - the fuzz tests at 25x CI's size with a fresh seed (FUZZ_SEED=N reproduces a failure)
+# make fuzz  - the fuzz tests at 100x CI's size with a fresh seed (FUZZ_SEED=N reproduces a failure)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 FUZZ_SEED ?= $(shell date +%s)
-FUZZ_SCALE ?= 25
+FUZZ_SCALE ?= 100
 
 .PHONY: install test demo bench fuzz clean
 
