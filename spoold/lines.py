@@ -24,6 +24,7 @@ URL_KINDS: dict[str, RequestKind] = {"/v1/chat/completions": "chat", "/v1/comple
 MAX_NESTING = 128
 """Deepest nesting of [ and { a line may have. Real requests (JSON schemas included) stay far
 below; records nest a line's body 4 levels deeper and pydantic refuses to write past 255."""
+TOO_DEEP = f"line is nested too deeply (more than {MAX_NESTING} levels of [ and {{)"
 SHOWN_CHARS = 60
 """Values quoted in error messages are cut to this, so one huge line cannot bloat batch.json."""
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -58,7 +59,7 @@ def parse_line(raw: bytes, line: int, job_model: str, *, unterminated: bool = Fa
     try:
         return _parse(raw, line, job_model, unterminated)
     except RecursionError:
-        return LineError(line, "invalid_json", f"line is nested too deeply (more than {MAX_NESTING} levels of [ and {{)")
+        return LineError(line, "invalid_json", TOO_DEEP)
     except Exception as exc:  # noqa: BLE001 - a poison line is that line's error, never the job's
         return LineError(line, "invalid_request", f"line could not be read: {one_line(exc)}")
 
@@ -133,7 +134,7 @@ def _structure_problem(obj: dict[str, Any], text: str) -> tuple[str, str] | None
                 return "invalid_encoding", f"line has an unpaired surrogate escape \\u{ord(lone):04x} in a string (not valid Unicode)"
             continue
         if depth > MAX_NESTING:
-            return "invalid_json", f"line is nested too deeply (more than {MAX_NESTING} levels of [ and {{)"
+            return "invalid_json", TOO_DEEP
         items = list(value.items()) if isinstance(value, dict) else [(None, v) for v in value]
         for key, item in items:
             if key is not None:
