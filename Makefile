@@ -1,13 +1,16 @@
 # make test  - create .venv, install spoold with the CPU vLLM build and test extras, run every test
 # make demo  - set up, build the tiny model, run the daemon on ./spool and process examples/ with real vLLM
 # make bench - run the benchmarks and write benchmarks/results.md
+# make fuzz  - the fuzz tests at 100x CI's size with a fresh seed (FUZZ_SEED=N reproduces a failure)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
+FUZZ_SEED ?= $(shell date +%s)
+FUZZ_SCALE ?= 100
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench fuzz clean
 
 $(DEPS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +32,10 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+fuzz: install
+	@echo "fuzzing with SPOOLD_FUZZ_SEED=$(FUZZ_SEED) SPOOLD_FUZZ_SCALE=$(FUZZ_SCALE)"
+	SPOOLD_FUZZ_SEED=$(FUZZ_SEED) SPOOLD_FUZZ_SCALE=$(FUZZ_SCALE) $(VENV)/bin/pytest -q tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) build dist spool .state

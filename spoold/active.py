@@ -131,7 +131,7 @@ class ActiveJob:
         checkpoint still names it as not done.
         """
         if self._lines is None:
-            self._lines = read_lines(self.job.input, self.checkpoint.next_offset, self.checkpoint.next_line)
+            self._lines = read_lines(self.job.input, self.checkpoint.next_offset, self.checkpoint.next_line, self.ctx.config.max_line_bytes)
         raw = next(self._lines, None)
         if raw is None:
             self.exhausted = True

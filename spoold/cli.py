@@ -11,6 +11,7 @@ from pathlib import Path
 from spoold import __version__
 from spoold.config import Config, load_config
 from spoold.errors import SpooldError
+from spoold.mounts import split_spool_problem
 from spoold.spool import Spool
 
 USER_ERROR = 2
@@ -42,6 +43,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(line)
     for line in left:
         print(f"problem: {line}")
+    problem = split_spool_problem(spool.root) if spool.root.is_dir() else None
+    if problem:
+        print(f"spoold init: warning: {problem}", file=sys.stderr)
     if left:
         hint = f"; `spoold init --fix --spool {spool.root}` fixes them" if fixable else ""
         print(f"spoold init: {len(left)} problem(s) left in {spool.root}{hint}", file=sys.stderr)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from spoold.durations import Seconds
 from spoold.errors import ConfigError, describe_validation_error, load_yaml_mapping
 from spoold.handlers.config import HandlerConfig
+from spoold.reader import MAX_LINE_BYTES
 
 DEFAULT_CONFIG_PATH = Path("/etc/spoold/spoold.yaml")
 
@@ -76,6 +77,8 @@ class Config(Strict):
     watch: WatchConfig = WatchConfig()
     engine: EngineConfig = EngineConfig()
     chunk_size: int = Field(1000, ge=1)
+    max_line_bytes: int = Field(MAX_LINE_BYTES, ge=1024)
+    """A longer input line is that line's error (line_too_long), skipped without being read whole."""
     lease_seconds: Seconds = Field(60.0, gt=0)
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

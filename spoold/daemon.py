@@ -29,7 +29,8 @@ from spoold.engine import load_engine
 from spoold.engine.base import EngineFailure, ModelLoadError
 from spoold.engine.loop import EngineLoop
 from spoold.engine.manager import EngineManager, Loader
-from spoold.errors import SidecarError, SpooldError, one_line
+from spoold.errors import SidecarError, SpooldError
+from spoold.faults import one_line
 from spoold.finish import FinishHooks
 from spoold.fsutil import mtime_or_now
 from spoold.inputcheck import read_regular
@@ -38,6 +39,7 @@ from spoold.jobcommit import close, commit, open_attempt
 from spoold.jobdir import JobDir
 from spoold.jobstart import end_job, give_up_run, start_job
 from spoold.keeper import LeaseKeeper
+from spoold.mounts import split_spool_problem
 from spoold.names import SIDECAR_SUFFIX
 from spoold.prevalidate import Prevalidator
 from spoold.profiles import load_profiles
@@ -83,7 +85,7 @@ class Daemon:
         self.wake = threading.Event()
         self.stop_requested = False
         self.reload_requested = False
-        self.prevalidator = Prevalidator()
+        self.prevalidator = Prevalidator(max_line_bytes=config.max_line_bytes)
         self.finish_hooks = FinishHooks()
         self.service.wire_finish(self.finish_hooks)
         self.keeper = LeaseKeeper()
@@ -103,6 +105,8 @@ class Daemon:
         self._next_processing_scan = 0.0
         self._last_trouble: str | None = None
         self._last_status = 0.0
+        self._tracebacks_told: set[str] = set()
+        self._split_spool: str | None = None  # found on a reload: no new work until a reload finds it fixed
         self._watcher: InboxWatcher | None = None
         self._ctx = self._new_context()
 
@@ -123,7 +127,7 @@ class Daemon:
         self.wake.set()
 
     def start(self) -> None:
-        problem = self.spool.check()
+        problem = self.spool.check() or split_spool_problem(self.spool.root)
         if problem:
             raise SpooldError(problem)
         for warning in spoolperms.start_warnings(self.spool.root):
@@ -180,7 +184,7 @@ class Daemon:
         self._act_on_flags()
         if self.stop_requested:
             return False  # run() drains: nothing new goes into the engine
-        if not (self.service.paused_reason or now < self._paused_until):
+        if not (self.service.paused_reason or self._split_spool or now < self._paused_until):
             self._admit(now)
         self._load_for_waiting()
         if self.stop_requested:  # a SIGTERM during the model load
@@ -317,10 +321,12 @@ class Daemon:
 
     def _unexpected(self, job: JobDir, exc: Exception) -> str | None:
         """An unexpected error on one job counts as a failed attempt; the traceback is logged once, at debug."""
-        log.debug("unexpected error", exc_info=exc, extra={"job": job.name})
+        message = f"unexpected error: {one_line(exc)}"
         try:
             record = job.load_record()
-            end = give_up_run(job, record, f"unexpected error: {one_line(exc)}", self.config)
+            if record.last_error != message:  # once per job and distinct error, not on every retry
+                log.debug("%s", message, exc_info=exc, extra={"job": job.name})
+            end = give_up_run(job, record, message, self.config)
             if end is not None:
                 return end_job(self._ctx, job, record, end, Sidecar(), None)
         except Exception as again:  # noqa: BLE001 - the job stays in processing/ and is retried later
@@ -395,7 +401,14 @@ class Daemon:
                     self.io.submit(open_attempt, job)
             loop.step()
         except EngineFailure as exc:
-            self._engine_failed(exc)
+            self._engine_failed(f"engine error: {exc}")
+            return False
+        except Exception as exc:  # noqa: BLE001 - a bug in the engine path: like an engine failure, never a crash loop
+            message = f"unexpected error: {one_line(exc)}"
+            if message not in self._tracebacks_told:  # the traceback once, not on every retry
+                self._tracebacks_told.add(message)
+                log.debug("%s", message, exc_info=exc)
+            self._engine_failed(message)
             return False
         self.engines.touch()
         for job in list(self.active):
@@ -406,13 +419,14 @@ class Daemon:
                 self._close(job, "completed")
         return bool(self.active)
 
-    def _engine_failed(self, exc: EngineFailure) -> None:
-        """The engine as a whole failed: what finished is kept, each active job's attempt counts."""
+    def _engine_failed(self, message: str) -> None:
+        """The engine as a whole failed: what finished is kept, each active job's attempt counts
+        (it cannot be pinned on one job), and the engine is loaded afresh for the next run."""
         stopping = self.stop_requested
         for job in list(self.active):
             self.active.remove(job)
             job.dropped(job.in_engine)
-            self._close(job, "stopped" if stopping else "retry", f"engine error: {exc}")
+            self._close(job, "stopped" if stopping else "retry", message)
         self.loop = None
         self.engines.unload()
 
@@ -476,6 +490,8 @@ class Daemon:
     def status_text(self) -> str:
         if self.service.paused_reason:
             return self.service.paused_reason
+        if self._split_spool:
+            return f"paused: {self._split_spool}"
         if self._last_trouble and time.time() < self._paused_until:
             return f"paused: {self._last_trouble}"
         if not self.active and not self.waiting and not self.starting:
@@ -498,6 +514,8 @@ class Daemon:
     def _disk_trouble(self, exc: OSError, job: str | None) -> None:
         """One log line per distinct problem; pause new work a while instead of crashing or spinning."""
         what = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+        if exc.errno == errno.EXDEV:  # a volume mounted over a spool folder since the start check
+            what = split_spool_problem(self.spool.root) or what
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         pause = min(60.0, 10 * self.config.watch.poll_interval)
         if what != self._last_trouble:
@@ -568,6 +586,9 @@ class Daemon:
                 log.warning("spool_dir and node_id changes need a restart; keeping %s as %s", self.spool.root, self.node)
                 new = new.model_copy(update={"spool_dir": self.config.spool_dir, "node_id": self.config.node_id})
             profiles = load_profiles(new.engine.model_dirs)
+            self._split_spool = split_spool_problem(self.spool.root)
+            if self._split_spool:
+                raise SpooldError(f"{self._split_spool}; no new jobs are taken until this is fixed and spoold reloaded")
             self.service.reconfigure(new, self.spool)
         except SpooldError as exc:
             log.error("reload failed, keeping the running config: %s", exc)
@@ -575,6 +596,7 @@ class Daemon:
             self.config = new
             self.profiles = profiles
             self.engines.config = new
+            self.prevalidator.max_line_bytes = new.max_line_bytes
             self.intake = self._new_intake()
             self._next_rescan = 0.0
             self._ctx = self._new_context()  # jobs already running keep the context they started with

@@ -63,10 +63,3 @@ def load_yaml_mapping(text: str | bytes, what: str, error: type[SpooldError]) ->
         raise error(f"{what} must be a YAML mapping (key: value lines)")
     return data
 
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    summary = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return summary if len(summary) <= limit else summary[: limit - 3] + "..."

@@ -16,7 +16,7 @@ from spoold import lease as leases
 from spoold.active import ActiveJob, Cut
 from spoold.batch import build_batch
 from spoold.checkpoint import Checkpoint, save_checkpoint
-from spoold.errors import one_line
+from spoold.faults import one_line
 from spoold.finish import JobEnd
 from spoold.fsutil import atomic_write_json
 from spoold.jobstart import end_job, give_up_run

@@ -177,7 +177,7 @@ def _validation(ctx: JobContext, job: JobDir, model: str) -> ValidationSummary:
         return not ctx.hooks.should_stop()
 
     ahead = ctx.prevalidated(job.input, model, keep_going) if ctx.prevalidated else None
-    summary = ahead or validate_file(job.input, model, keep_going)
+    summary = ahead or validate_file(job.input, model, keep_going, ctx.config.max_line_bytes)
     atomic_write_json(job.validation, summary.model_dump())
     how = " (validated ahead of time)" if ahead else ""
     log.info("validated: %d requests, %d invalid%s", summary.lines, summary.invalid, how, extra={"job": job.name})
@@ -190,7 +190,7 @@ def _list_line_errors(ctx: JobContext, job: JobDir, model: str, validation: Vali
     duplicates = frozenset(validation.duplicates)
     chunk = sidecar.chunk_size or ctx.config.chunk_size
     failed = 0
-    for raw in read_lines(job.input):
+    for raw in read_lines(job.input, max_line_bytes=ctx.config.max_line_bytes):
         parsed = judge(raw, model, duplicates)
         if isinstance(parsed, LineError):
             writer.add(error_record(parsed.custom_id, parsed.line, parsed.code, parsed.message))

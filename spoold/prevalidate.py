@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
+from spoold.reader import MAX_LINE_BYTES
 from spoold.validate import ValidationSummary, validate_file
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ def file_key(path: Path, model: str) -> Key | None:
 
 
 class Prevalidator:
-    def __init__(self, min_bytes: int = MIN_BYTES) -> None:
+    def __init__(self, min_bytes: int = MIN_BYTES, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self.min_bytes = min_bytes
+        self.max_line_bytes = max_line_bytes  # the daemon updates it on reload
         self._executor: ProcessPoolExecutor | None = None
         self._futures: dict[Key, Future[ValidationSummary]] = {}
         self._lock = threading.Lock()  # offered from the main thread, taken on job-start threads
@@ -60,7 +62,7 @@ class Prevalidator:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         log.debug("validating %s ahead of time", path.name)
-        self._futures[key] = self._executor.submit(validate_file, path, model)
+        self._futures[key] = self._executor.submit(validate_file, path, model, None, self.max_line_bytes)
 
     def finished(self, path: Path, model: str) -> bool:
         """Whether a pass for exactly this file has finished (and not been taken yet)."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 
 _LINE_BREAKERS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
+SAFE_DEPTH = 200
+"""In the fallback writer, values nested deeper than this are replaced by a note."""
 
 
 class RecordError(BaseModel):
@@ -32,7 +37,35 @@ class BatchRecord(BaseModel):
     def to_line(self) -> bytes:
         """One JSON line. U+2028, U+2029 and U+0085 are escaped: valid JSON either way, but
         str.splitlines() and JavaScript line readers would split a record on them."""
-        return (self.model_dump_json().translate(_LINE_BREAKERS) + "\n").encode("utf-8")
+        try:
+            text = self.model_dump_json()
+        except (PydanticSerializationError, ValueError):  # a lone surrogate, nesting past pydantic's limit
+            text = json.dumps(_safe(self._plain(), 0), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return (text.translate(_LINE_BREAKERS) + "\n").encode("utf-8")
+
+    def _plain(self) -> dict[str, Any]:
+        """The record as plain values, without pydantic (which refused to write it)."""
+        response = self.response and {"status_code": self.response.status_code, "request_id": self.response.request_id, "body": self.response.body}
+        error = self.error and {"code": self.error.code, "message": self.error.message, "line": self.error.line}
+        return {"id": self.id, "custom_id": self.custom_id, "response": response, "error": error}
+
+
+def _safe(value: Any, depth: int) -> Any:
+    """A copy that any JSON writer takes: lone surrogates become U+FFFD, NaN and infinities null,
+    anything nested past SAFE_DEPTH a note. Only used when the normal writer failed."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if depth >= SAFE_DEPTH:
+        return "(nested too deeply to write)"
+    if isinstance(value, dict):
+        return {_safe(str(k), depth): _safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_safe(v, depth + 1) for v in value]
+    return _safe(str(value), depth)
 
 
 def _ids() -> tuple[str, str]:

@@ -16,8 +16,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from spoold.engine.base import EngineRequest
-from spoold.lines import URL_KINDS, LineError, parse_line
-from spoold.reader import RawLine, read_lines
+from spoold.lines import URL_KINDS, LineError, parse_raw_line, short_repr
+from spoold.reader import MAX_LINE_BYTES, RawLine, read_lines
 
 MAX_LISTED_ERRORS = 20
 PROGRESS_EVERY = 10_000
@@ -47,19 +47,22 @@ class ValidationSummary(BaseModel):
 
 
 def duplicate_error(line: int, custom_id: str) -> LineError:
-    return LineError(line, "duplicate_custom_id", f"custom_id {custom_id!r} already used on an earlier line", custom_id)
+    return LineError(line, "duplicate_custom_id", f"custom_id {short_repr(custom_id)} already used on an earlier line", custom_id)
 
 
 def judge(raw: RawLine, job_model: str, duplicates: frozenset[int]) -> EngineRequest | LineError | None:
     """One input line as the validating pass judged it: later duplicates of a custom_id are errors."""
-    parsed = parse_line(raw.data, raw.number, job_model, unterminated=raw.unterminated)
+    parsed = parse_raw_line(raw, job_model)
     if isinstance(parsed, EngineRequest) and raw.number in duplicates:
         return duplicate_error(raw.number, parsed.custom_id)
     return parsed
 
 
-def validate_file(path: Path, job_model: str, keep_going: Callable[[int], bool] | None = None) -> ValidationSummary:
-    """Stream `path`; memory does not grow with the input beyond 8 bytes per valid line.
+def validate_file(
+    path: Path, job_model: str, keep_going: Callable[[int], bool] | None = None, max_line_bytes: int = MAX_LINE_BYTES
+) -> ValidationSummary:
+    """Stream `path`; memory does not grow with the input beyond 8 bytes per valid line (and one
+    line, at most `max_line_bytes`). A line's problem, whatever it is, is that line's error.
 
     Duplicate custom_ids are found without holding the ids: the first pass keeps
     a 64-bit hash of each id (8 bytes, not a ~100-byte Python string); hashes
@@ -70,7 +73,7 @@ def validate_file(path: Path, job_model: str, keep_going: Callable[[int], bool] 
     """
     summary = ValidationSummary()
     hashes = array("Q")
-    for parsed in _parsed_lines(path, job_model, keep_going):
+    for parsed in _parsed_lines(path, job_model, keep_going, max_line_bytes):
         summary.lines += 1
         if isinstance(parsed, LineError):
             summary.invalid += 1
@@ -84,15 +87,15 @@ def validate_file(path: Path, job_model: str, keep_going: Callable[[int], bool] 
     candidates = repeated(hashes)
     del hashes
     if candidates:
-        _mark_duplicates(summary, _duplicate_lines(path, job_model, candidates, keep_going))
+        _mark_duplicates(summary, _duplicate_lines(path, job_model, candidates, keep_going, max_line_bytes))
     return summary
 
 
-def _parsed_lines(path: Path, job_model: str, keep_going: Callable[[int], bool] | None) -> Iterable[EngineRequest | LineError]:
-    for raw in read_lines(path):
+def _parsed_lines(path: Path, job_model: str, keep_going: Callable[[int], bool] | None, max_line_bytes: int) -> Iterable[EngineRequest | LineError]:
+    for raw in read_lines(path, max_line_bytes=max_line_bytes):
         if keep_going is not None and raw.number % PROGRESS_EVERY == 0 and not keep_going(raw.number):
             raise ValidationInterrupted()
-        parsed = parse_line(raw.data, raw.number, job_model, unterminated=raw.unterminated)
+        parsed = parse_raw_line(raw, job_model)
         if parsed is not None:
             yield parsed
 
@@ -111,11 +114,13 @@ def repeated(hashes: array) -> set[int]:
     return set(values[1:][same].tolist()) if same.any() else set()
 
 
-def _duplicate_lines(path: Path, job_model: str, candidates: set[int], keep_going: Callable[[int], bool] | None) -> list[LineError]:
+def _duplicate_lines(
+    path: Path, job_model: str, candidates: set[int], keep_going: Callable[[int], bool] | None, max_line_bytes: int
+) -> list[LineError]:
     """Second pass, only over lines whose id hash repeats: exact comparison of the ids."""
     first: dict[str, int] = {}
     found = []
-    for parsed in _parsed_lines(path, job_model, keep_going):
+    for parsed in _parsed_lines(path, job_model, keep_going, max_line_bytes):
         if isinstance(parsed, LineError) or _id_hash(parsed.custom_id) not in candidates:
             continue
         if parsed.custom_id in first:

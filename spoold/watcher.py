@@ -17,30 +17,11 @@ from watchdog.observers.api import BaseObserver
 
 from spoold.names import split_job_file
 
+from spoold.mounts import filesystem_type
+
 log = logging.getLogger(__name__)
 
 NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "glusterfs", "ceph", "lustre")
-
-
-def filesystem_type(path: Path, mountinfo: str | None = None) -> str:
-    """The type of the filesystem holding `path`, from /proc/self/mountinfo (longest mount prefix)."""
-    if mountinfo is None:
-        try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
-        except OSError:
-            return "unknown"
-    target = str(Path(path).resolve())
-    best, best_type = "", "unknown"
-    for line in mountinfo.splitlines():
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) < 5 or not right:
-            continue
-        mount_point = fields[4].replace("\\040", " ")
-        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-        if inside and len(mount_point) >= len(best):
-            best, best_type = mount_point, right.split()[0]
-    return best_type
 
 
 def choose_mode(mode: str, path: Path, mountinfo: str | None = None) -> str:

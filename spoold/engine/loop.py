@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from spoold.engine.base import Engine, EngineRequest, EngineResult
+from spoold.faults import add_or_reject
 
 FILL_BUDGET = 1000
 """Lines read per fill before the loop steps (bounded, so long runs of bad lines still reach the beat)."""
@@ -51,7 +52,7 @@ class EngineLoop:
                 key = next(self._keys)
                 request = replace(request, key=key)
                 self._owners[key] = (feeder, request.line)
-                rejected = self.engine.add(request)
+                rejected = add_or_reject(self.engine, request)
                 if rejected is not None:
                     self._route(rejected)
             if budget <= 0 or len(self._owners) >= window:
