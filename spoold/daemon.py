@@ -156,7 +156,8 @@ class Daemon:
         """While this job runs, validate the inbox job likely to run next."""
         hint = self._next_hint
         if hint is not None and hint.model is not None:
-            self.prevalidator.offer(self.spool.inbox / f"{hint.name}.jsonl", hint.model)
+            profile = self.profiles.get(hint.model)
+            self.prevalidator.offer(self.spool.inbox / f"{hint.name}.jsonl", hint.model, profile.serves if profile else None)
 
     def _run(self, choice: _Ready, now: float) -> bool:
         name = choice.candidate.name

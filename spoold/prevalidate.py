@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -41,7 +41,7 @@ class Prevalidator:
         self._executor: ProcessPoolExecutor | None = None
         self._futures: dict[Key, Future[ValidationSummary]] = {}
 
-    def offer(self, path: Path, model: str) -> None:
+    def offer(self, path: Path, model: str, serves: Collection[str] | None = None) -> None:
         """Start validating `path` in the background unless it is small, known, or a pass is busy."""
         key = file_key(path, model)
         if key is None or key[2] < self.min_bytes or key in self._futures:
@@ -54,7 +54,7 @@ class Prevalidator:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         log.debug("validating %s ahead of time", path.name)
-        self._futures[key] = self._executor.submit(validate_file, path, model)
+        self._futures[key] = self._executor.submit(validate_file, path, model, None, serves)
 
     def finished(self, path: Path, model: str) -> bool:
         """Whether a pass for exactly this file has finished (and not been taken yet)."""

@@ -90,6 +90,8 @@ class JobRunner:
         self._last_renew = now()
         self._last_cancel_check = now()
         self._rate: float | None = None
+        self._serves: frozenset[str] | None = None
+        """The line kinds the job's model answers (its profile's task)."""
 
     # ---- the whole job ---------------------------------------------------------------------
 
@@ -112,6 +114,7 @@ class JobRunner:
             profile = resolve_model(self.model, self.ctx.profiles)
         except (SidecarError, UnknownModel) as exc:
             return self._end(JobEnd("failed", str(exc)))
+        self._serves = profile.serves
         if fail_reason:
             return self._end(JobEnd("failed", fail_reason))
         if self.job.cancel_requested():
@@ -256,7 +259,7 @@ class JobRunner:
 
     def _parse(self, raw: RawLine) -> EngineRequest | LineError | None:
         """One input line as the validating pass judged it (later duplicates of a custom_id are errors)."""
-        parsed = parse_line(raw.data, raw.number, self.model or "", unterminated=raw.unterminated)
+        parsed = parse_line(raw.data, raw.number, self.model or "", unterminated=raw.unterminated, serves=self._serves)
         if isinstance(parsed, EngineRequest) and raw.number in self._duplicates:
             return duplicate_error(raw.number, parsed.custom_id)
         return parsed
@@ -365,7 +368,7 @@ class JobRunner:
             return not self.ctx.hooks.should_stop()
 
         ahead = self.ctx.prevalidated(self.job.input, self.model or "", lambda: keep_going(0)) if self.ctx.prevalidated else None
-        summary = ahead or validate_file(self.job.input, self.model or "", keep_going)
+        summary = ahead or validate_file(self.job.input, self.model or "", keep_going, self._serves)
         atomic_write_json(self.job.validation, summary.model_dump())
         how = " (validated ahead of time)" if ahead else ""
         log.info("validated: %d requests, %d invalid%s", summary.lines, summary.invalid, how, extra={"job": self.job.name})

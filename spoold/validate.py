@@ -7,7 +7,7 @@ whole can run, before a GPU second is spent on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -44,8 +44,12 @@ def duplicate_error(line: int, custom_id: str) -> LineError:
     return LineError(line, "duplicate_custom_id", f"custom_id {custom_id!r} already used on an earlier line", custom_id)
 
 
-def validate_file(path: Path, job_model: str, keep_going: Callable[[int], bool] | None = None) -> ValidationSummary:
+def validate_file(
+    path: Path, job_model: str, keep_going: Callable[[int], bool] | None = None, serves: Collection[str] | None = None
+) -> ValidationSummary:
     """Stream `path`; memory grows with the number of distinct custom_ids only.
+
+    `serves`: the line kinds the job's model answers (see `lines.parse_line`).
 
     `keep_going(lines_read)` is called every PROGRESS_EVERY lines (the daemon
     pings its watchdog there); returning False stops with ValidationInterrupted.
@@ -55,7 +59,7 @@ def validate_file(path: Path, job_model: str, keep_going: Callable[[int], bool] 
     for raw in read_lines(path):
         if keep_going is not None and raw.number % PROGRESS_EVERY == 0 and not keep_going(raw.number):
             raise ValidationInterrupted()
-        parsed = parse_line(raw.data, raw.number, job_model, unterminated=raw.unterminated)
+        parsed = parse_line(raw.data, raw.number, job_model, unterminated=raw.unterminated, serves=serves)
         if parsed is None:
             continue
         summary.lines += 1
