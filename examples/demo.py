@@ -25,7 +25,7 @@ EXAMPLES = Path(__file__).resolve().parent
 SPOOL = ROOT / "spool"
 STATE = ROOT / ".state"
 CONFIG = STATE / "demo-spoold.yaml"
-JOBS = ["chat", "completions", "with-bad-lines"]
+JOBS = ["chat", "completions", "with-bad-lines", "embeddings"]
 
 
 def say(text: str) -> None:
@@ -67,8 +67,9 @@ def main() -> int:
     spool.init()
     say(f"spool at {SPOOL}")
     started = time.monotonic()
-    model_dir = ensure_builtin("builtin:tiny-random", STATE)
-    say(f"tiny model ready at {model_dir} ({time.monotonic() - started:.1f} s)")
+    for model in ("builtin:tiny-random", "builtin:tiny-embed"):
+        model_dir = ensure_builtin(model, STATE)
+        say(f"tiny model ready at {model_dir} ({time.monotonic() - started:.1f} s)")
     names = []
     for job in JOBS:
         stale = [SPOOL / s / job for s in ("done", "failed") if (SPOOL / s / job).exists()]

@@ -52,8 +52,8 @@ def embeddings_problem(body: dict[str, Any]) -> str | None:
 
 
 def score_problem(body: dict[str, Any]) -> str | None:
-    pairs = [pair for pair in SCORE_PAIRS if pair[0] in body or pair[1] in body]
-    if len(pairs) != 1 or not all(key in body for key in pairs[0]):
+    pairs = [pair for pair in SCORE_PAIRS if pair[0] in body and pair[1] in body]
+    if len(pairs) != 1:
         names = "; ".join(f"{a} and {b}" for a, b in SCORE_PAIRS)
         return f"a score body needs exactly one pair of inputs ({names})"
     first, second = pairs[0]

@@ -79,6 +79,7 @@ class PoolingFrontend:
                 renderer=llm.renderer,
                 chat_template_config=ChatTemplateConfig(),
             )
+        self._adapters: dict[str, Any] = {}
         self._jobs: dict[str, PoolingJob] = {}
         self._sub: dict[str, tuple[str, int]] = {}
         """engine request id -> (the line's key, index of its input)"""
@@ -210,11 +211,10 @@ class PoolingFrontend:
         body = {k: v for k, v in request.body.items() if k in _ACCEPTED[request.kind]}
         if request.kind == "embeddings" and body.get("encoding_format") in ("bytes", "bytes_only"):
             raise PoolingRejected("encoding_format must be float or base64 (a batch result line is JSON)")
-        adapter = {
-            "embeddings": TypeAdapter(EmbeddingRequest),
-            "score": TypeAdapter(ScoreRequest),
-            "rerank": TypeAdapter(RerankRequest),
-        }[request.kind]
+        adapter = self._adapters.get(request.kind)
+        if adapter is None:  # building one costs milliseconds: once per kind, not per line
+            shape = {"embeddings": EmbeddingRequest, "score": ScoreRequest, "rerank": RerankRequest}[request.kind]
+            adapter = self._adapters[request.kind] = TypeAdapter(shape)
         try:
             return adapter.validate_python(body)
         except ValidationError as exc:
