@@ -20,11 +20,16 @@ from pathlib import Path
 from typing import Any
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_SEEDS: dict[str, int] = {"tiny-random": 0, "tiny-random-b": 1, "tiny-embed": 2}
+BUILTIN_SEEDS: dict[str, int] = {"tiny-random": 0, "tiny-random-b": 1, "tiny-embed": 2, "tiny-rerank": 3}
 """Built-in model names and the seed each is built from (a second model for model-switch tests;
-`tiny-embed` is served as an embedding model: its profile runs it with vLLM's pooling runner)."""
-BUILTIN_CONFIG: dict[str, dict[str, Any]] = {"tiny-embed": {"matryoshka_dimensions": [32, 64, 128]}}
-"""Extra config.json keys per built-in model (tiny-embed accepts `dimensions` 32, 64 or 128)."""
+`tiny-embed` is served as an embedding model, `tiny-rerank` as a cross-encoder: their profiles
+run them with vLLM's pooling runner)."""
+BUILTIN_CONFIG: dict[str, dict[str, Any]] = {
+    "tiny-embed": {"matryoshka_dimensions": [32, 64, 128]},
+    "tiny-rerank": {"num_labels": 1, "architectures": ["LlamaForSequenceClassification"]},
+}
+"""Extra config.json keys per built-in model (tiny-embed accepts `dimensions` 32, 64 or 128;
+tiny-rerank is a one-label sequence classifier, i.e. a cross-encoder)."""
 
 MARKER = "spoold-tiny.json"
 """Written last inside the build; its presence means the build is complete."""
@@ -175,7 +180,7 @@ def _save_tokenizer(directory: Path) -> Any:
 
 def _save_model(directory: Path, seed: int, tokenizer: Any, extra_config: dict[str, Any]) -> None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -197,5 +202,5 @@ def _save_model(directory: Path, seed: int, tokenizer: Any, extra_config: dict[s
         **extra_config,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForSequenceClassification(config) if config.num_labels == 1 else LlamaForCausalLM(config)
     model.save_pretrained(str(directory))

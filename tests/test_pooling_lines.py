@@ -106,7 +106,7 @@ def test_profiles_say_what_the_model_does() -> None:
     assert embed.serves == {"embeddings", "score", "rerank"} and embed.engine_args["runner"] == "pooling"
     for name, task in (("qwen3-embedding-0.6b", "embed"), ("bge-m3", "embed"), ("bge-reranker-v2-m3", "score"), ("ms-marco-minilm-l6-v2", "score")):
         assert profiles[name].task == task and "/" in profiles[name].model and profiles[name].engine_args["max_model_len"], name
-    assert profiles["bge-reranker-v2-m3"].serves == {"score", "rerank"}
+    assert profiles["bge-reranker-v2-m3"].serves == profiles["tiny-rerank"].serves == {"score", "rerank"}
     # A pooling task runs on the pooling runner by default; a generating profile cannot name it.
     assert ModelProfile(name="e", model="x", task="embed").engine_args == {"runner": "pooling"}
     with pytest.raises(ValueError, match="set task to embed or score"):
