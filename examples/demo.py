@@ -94,9 +94,10 @@ def main() -> int:
         batch = json.loads((job / "batch.json").read_text())
         counts, usage = batch["request_counts"], batch["usage"]
         seconds = batch["spoold"]["durations"]["running_seconds"]
-        rate = usage["completion_tokens"] / seconds if seconds else 0.0
+        generated = usage.get("completion_tokens", usage.get("output_tokens", 0))
+        rate = f"{generated / seconds:.0f}" if seconds and generated else "-"  # embeddings generate no tokens
         print(f"{job.name:<28} {batch['status']:<10} {counts['total']:>8} {counts['completed']:>4} {counts['failed']:>4} "
-              f"{usage['total_tokens']:>7} {seconds:>8.2f} {rate:>8.0f}")  # fmt: skip
+              f"{usage['total_tokens']:>7} {seconds:>8.2f} {rate:>8}")  # fmt: skip
     print(f"\nall {len(results)} jobs finished {wall:.1f} s after the daemon started (model load included; "
           "'seconds' above is inference time only)")
     print()
