@@ -26,15 +26,27 @@ def _token_ids(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(_is_int(t) and t >= 0 for t in value)
 
 
+def _messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in value)
+
+
 def embeddings_problem(body: dict[str, Any]) -> str | None:
-    if "input" not in body:
+    if "input" not in body and "messages" not in body:
         return "input is required (a string, a list of strings, token ids or a list of token-id lists)"
+    if "input" in body and "messages" in body:
+        return "give input or messages, not both"
+    if "messages" in body:  # vLLM's chat-style embeddings request: one conversation, or a list of them
+        value = body["messages"]
+        if not (_messages(value) or (isinstance(value, list) and bool(value) and all(_messages(v) for v in value))):
+            return "messages must be a non-empty list of messages (objects with a role), or a list of such lists"
+        return _common_problem(body)
     value = body["input"]
     ok = (
         isinstance(value, str)
         or _token_ids(value)
         or (isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value))
         or (isinstance(value, list) and bool(value) and all(_token_ids(v) for v in value))
+        or _messages(value)  # vLLM also takes one conversation as input
     )
     if not ok:
         return "input must be a string, a non-empty list of strings, token ids or a list of token-id lists"

@@ -68,6 +68,20 @@ def test_embeddings_for_every_input_shape_parse_as_openai_objects(tiny_embed_eng
     assert results[4].body["usage"]["prompt_tokens"] == len(tokens) + 2
 
 
+def test_chat_style_embeddings_use_the_chat_template(tiny_embed_engine: Any) -> None:
+    conversation = [{"role": "user", "content": "The quick brown fox"}]
+    results = run(
+        tiny_embed_engine,
+        embed(1, {"messages": conversation}),
+        embed(2, {"input": conversation}),
+        embed(3, {"input": "The quick brown fox"}),
+    )
+    chat, as_input, plain = vectors(results[1])[0], vectors(results[2])[0], vectors(results[3])[0]
+    assert np.allclose(chat, as_input, atol=1e-5)  # the same conversation either way
+    assert not np.allclose(chat, plain)  # rendered through the template, not as plain text
+    assert results[1].prompt_tokens > results[3].prompt_tokens
+
+
 def test_base64_round_trip_equals_the_float_vector(tiny_embed_engine: Any) -> None:
     texts = ["Customers wrote that the product was good", "Sphinx of black quartz"]
     results = run(

@@ -309,7 +309,8 @@ def _prompt_token_ids(prompt: Any) -> list[int]:
 
 _COMMON = {"model", "user", "truncate_prompt_tokens", "truncation_side", "priority", "cache_salt", "use_activation"}
 _ACCEPTED: dict[str, set[str]] = {
-    "embeddings": _COMMON | {"input", "encoding_format", "dimensions", "embed_dtype", "endianness", "add_special_tokens"},
+    "embeddings": _COMMON | {"input", "encoding_format", "dimensions", "embed_dtype", "endianness", "add_special_tokens",
+                             "messages", "add_generation_prompt", "continue_final_message", "chat_template_kwargs"},
     "score": _COMMON | {"queries", "documents", "items", "data_1", "data_2", "text_1", "text_2",
                         "max_tokens_per_query", "max_tokens_per_doc", "instruction", "chat_template_kwargs"},
     "rerank": _COMMON | {"query", "documents", "top_n", "max_tokens_per_query", "max_tokens_per_doc",
