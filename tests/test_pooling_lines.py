@@ -152,3 +152,24 @@ def test_validating_pass_and_spoold_validate_check_the_new_kinds(tmp_path: Path,
     (tmp_path / "job.yaml").write_text("model: tiny-random\n", encoding="utf-8")  # a generating model: 5 of 6 are wrong
     assert validate_command(Config(), src, None) == 0
     assert "1 valid, 5 invalid" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_pass_done_ahead_of_time_knows_the_models_kinds(tmp_path: Path) -> None:
+    from spoold.prevalidate import Prevalidator
+    from spoold_helpers import wait_for
+
+    big = tmp_path / "big.jsonl"
+    lines = [{"custom_id": f"e{i}", "input": "x" * 200} for i in range(6000)]
+    lines.append({"custom_id": "chat", "messages": [{"role": "user", "content": "x"}]})
+    big.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    pre = Prevalidator()
+    try:
+        pre.offer(big, "tiny-embed", EMBED)
+        wait_for(lambda: pre.finished(big, "tiny-embed"), 60, what="the background pass")
+        summary = pre.take(big, "tiny-embed", lambda: True)
+        assert summary == validate_file(big, "tiny-embed", serves=EMBED)
+        assert summary is not None and (summary.valid, summary.invalid) == (6000, 1)
+        assert summary.errors[0].code == "unsupported_kind"
+    finally:
+        pre.close()
