@@ -71,6 +71,7 @@ class PoolingFrontend:
         self._model_config = llm.vllm_config.model_config
         supported = tuple(llm.get_supported_tasks())
         self.kinds = served_kinds(supported, self._model_config)
+        self._pooling_task = self._model_config.get_pooling_task(supported)
         self._processors: dict[str, Any] = {}
         if self.kinds & POOLING_KINDS:
             self._processors = init_pooling_io_processors(
@@ -196,8 +197,7 @@ class PoolingFrontend:
     def _processor(self, kind: RequestKind) -> Any:
         from vllm.tasks import SCORE_TYPE_MAP
 
-        pooling_task = self._model_config.get_pooling_task(tuple(self._llm.get_supported_tasks()))
-        name = "embed" if kind == "embeddings" else SCORE_TYPE_MAP.get(pooling_task)
+        name = "embed" if kind == "embeddings" else SCORE_TYPE_MAP.get(self._pooling_task)
         processor = self._processors.get(name) if name else None
         if processor is None:
             raise PoolingRejected(f"model {self._model_name} cannot serve {KIND_URLS[kind]}")
