@@ -6,6 +6,10 @@
 2. The pipeline without inference (echo backend): lines/s and the daemon's
    peak memory, and what checkpoint frequency costs.
 3. The validating pass: lines/s and peak memory on a large file.
+4. Embeddings on the tiny-embed model: spoold (daemon, checkpoints every chunk)
+   against one in-process LLM.embed over the whole list, as a ratio.
+
+`--only SECTION` runs one section and replaces just that section in results.md.
 
 Every number is measured on this machine when the script runs.
 """
@@ -35,6 +39,16 @@ def chat_body(i: int, max_tokens: int) -> dict:
     return {"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True}
 
 
+def embed_text(i: int) -> str:
+    return f"Review {i}: the product was {['good', 'bad', 'fast', 'slow'][i % 4]} and the delivery took {i % 9 + 1} days."
+
+
+def write_embed_requests(path: Path, n: int) -> None:
+    with open(path, "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings", "body": {"input": embed_text(i)}}) + "\n")
+
+
 def write_requests(path: Path, n: int, max_tokens: int, model: str | None = None) -> None:
     with open(path, "w") as fh:
         for i in range(n):
@@ -44,9 +58,13 @@ def write_requests(path: Path, n: int, max_tokens: int, model: str | None = None
             fh.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}) + "\n")
 
 
-def run_spoold(work: Path, backend: str, n: int, max_tokens: int, chunk_size: int, state_dir: Path, window: int = 256) -> dict:
-    """Start the real daemon, drop one job, wait for it; returns timings and the daemon's peak RSS."""
-    spool = work / f"spool-{backend}-{n}-{chunk_size}"
+def run_spoold(
+    work: Path, backend: str, n: int, max_tokens: int, chunk_size: int, state_dir: Path, window: int = 256, model: str | None = None
+) -> dict:
+    """Start the real daemon, drop one job, wait for it; returns timings and the daemon's peak RSS.
+
+    With `model` tiny-embed the job is n embeddings lines, else n chat lines."""
+    spool = work / f"spool-{backend}-{n}-{chunk_size}-{model or 'default'}"
     for s in ("inbox", "processing", "done", "failed"):
         (spool / s).mkdir(parents=True, exist_ok=True)
     config = {
@@ -55,11 +73,14 @@ def run_spoold(work: Path, backend: str, n: int, max_tokens: int, chunk_size: in
         "engine": {"backend": backend, "state_dir": str(state_dir), "window": window},
         "chunk_size": chunk_size, "metrics": {"listen": ""}, "logging": {"format": "text", "level": "warning"},
     }  # fmt: skip
-    cfg = work / f"spoold-{backend}-{n}-{chunk_size}.yaml"
+    cfg = work / f"spoold-{backend}-{n}-{chunk_size}-{model or 'default'}.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    write_requests(spool / "inbox" / ".job.jsonl.tmp", n, max_tokens)
+    if model == "tiny-embed":
+        write_embed_requests(spool / "inbox" / ".job.jsonl.tmp", n)
+    else:
+        write_requests(spool / "inbox" / ".job.jsonl.tmp", n, max_tokens)
     os.rename(spool / "inbox" / ".job.jsonl.tmp", spool / "inbox" / "job.jsonl")
-    (spool / "inbox" / "job.yaml").write_text("{}\n")
+    (spool / "inbox" / "job.yaml").write_text(yaml.safe_dump({"model": model}) if model else "{}\n")
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(cfg)], stderr=subprocess.DEVNULL)
     batch_path = spool / "done" / "job" / "batch.json"
@@ -76,6 +97,7 @@ def run_spoold(work: Path, backend: str, n: int, max_tokens: int, chunk_size: in
         "wall": wall,
         "running": batch["spoold"]["durations"]["running_seconds"],
         "completion_tokens": batch["usage"]["output_tokens"],
+        "completed": batch["request_counts"]["completed"],
         "records": batch["request_counts"]["completed"] + batch["request_counts"]["failed"],
         "chunks": batch["spoold"]["chunks"]["done"],
         "peak_rss_mb": usage.ru_maxrss / 1024,
@@ -113,6 +135,42 @@ def run_generate(n: int, max_tokens: int, model_dir: Path) -> dict:
     return json.loads(next(line for line in reversed(out.stdout.split("\n")) if line.startswith('{"load"')))
 
 
+def run_embed(n: int, model_dir: Path) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE)}
+    out = subprocess.run([sys.executable, str(HERE / "embed_baseline.py"), str(n), str(model_dir)], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"LLM.embed baseline failed:\n{out.stderr[-3000:]}")
+    return json.loads(next(line for line in reversed(out.stdout.split("\n")) if line.startswith('{"load"')))
+
+
+def embeddings_section(work: Path, n: int, state: Path) -> list[str]:
+    """spoold against LLM.embed over the whole list, side by side in one run."""
+    from spoold.tinymodel import ensure_builtin
+
+    model_dir = ensure_builtin("builtin:tiny-embed", state)
+    print("embeddings: spoold ...", flush=True)
+    sp = run_spoold(work, "vllm", n, 0, 256, state, model="tiny-embed")
+    print("embeddings: LLM.embed ...", flush=True)
+    base = run_embed(n, model_dir)
+    ours, theirs = sp["completed"] / sp["running"], base["embeddings"] / base["embed"]
+    return [
+        f"\n## Embeddings: real vLLM, tiny-embed, {n} /v1/embeddings lines (one string each)\n",
+        "| runner | wall s (incl. model load) | inference s | embeddings | embeddings/s (inference) | checkpoints |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| spoold daemon (window 256, chunk 256) | {sp['wall']:.1f} | {sp['running']:.1f} | {sp['completed']} | {ours:.0f} | {sp['chunks']} |",
+        f"| LLM.embed, one call over the whole list | {base['load'] + base['embed']:.1f} | {base['embed']:.1f} | {base['embeddings']} | {theirs:.0f} | 0 |",
+        f"\nspoold / LLM.embed embeddings per second: **{ours / theirs:.2f}** (target >= 0.95). "
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+    ]
+
+
+def merge_sections(old: str, new_rows: list[str], heading: str) -> list[str]:
+    """The rows of results.md with the section starting with `heading` replaced (or added)."""
+    blocks = old.split("\n## ")
+    kept = [blocks[0].rstrip("\n")] + ["\n## " + b.rstrip("\n") for b in blocks[1:] if not ("## " + b).startswith(heading)]
+    return kept + new_rows
+
+
 def run_validate(work: Path, n: int) -> dict:
     path = work / "validate.jsonl"
     write_requests(path, n, 16)
@@ -133,8 +191,18 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--echo-lines", type=int, default=200_000)
     parser.add_argument("--validate-lines", type=int, default=1_000_000)
+    parser.add_argument("--embed-requests", type=int, default=4096, help="embeddings lines for the LLM.embed comparison")
+    parser.add_argument("--only", choices=["embeddings"], help="run one section; the others in --out are kept")
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     args = parser.parse_args()
+    if args.only == "embeddings":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        with tempfile.TemporaryDirectory(prefix="spoold-bench-") as tmp:
+            section = embeddings_section(Path(tmp), args.embed_requests, ROOT / ".state")
+        old = args.out.read_text() if args.out.exists() else "# spoold benchmark results\n"
+        args.out.write_text("\n".join(merge_sections(old, section, "## Embeddings")) + "\n")
+        print("\n".join(section))
+        return 0
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from spoold.tinymodel import ensure_builtin
 
@@ -158,6 +226,8 @@ def main() -> int:
         failed = f" ({rb['errors']} requests failed)" if rb["errors"] else ""
         rows.append(f"| vLLM run_batch (whole file at once){failed} | {rb['wall']:.1f} | - | {rb['completion_tokens']} | - | 0 |")
         rows.append(f"| LLM.generate, one call (ceiling) | {gen['load'] + gen['generate']:.1f} | {gen['generate']:.1f} | {gen['completion_tokens']} | {gen['completion_tokens'] / gen['generate']:.0f} | 0 |")
+
+        rows += embeddings_section(work, args.embed_requests, state)
 
         print("echo pipeline ...", flush=True)
         rows.append(f"\n## Pipeline without inference (echo backend), {args.echo_lines} lines\n")

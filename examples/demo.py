@@ -25,7 +25,7 @@ EXAMPLES = Path(__file__).resolve().parent
 SPOOL = ROOT / "spool"
 STATE = ROOT / ".state"
 CONFIG = STATE / "demo-spoold.yaml"
-JOBS = ["chat", "completions", "with-bad-lines"]
+JOBS = ["chat", "completions", "with-bad-lines", "embeddings"]
 
 
 def say(text: str) -> None:
@@ -65,9 +65,10 @@ def job_row(job: Path) -> str:
     batch = json.loads((job / "batch.json").read_text())
     counts, usage = batch["request_counts"], batch["usage"]
     seconds = batch["spoold"]["durations"]["running_seconds"]
-    rate = usage["output_tokens"] / seconds if seconds else 0.0
+    generated = usage["output_tokens"]
+    rate = f"{generated / seconds:.0f}" if seconds and generated else "-"  # embeddings generate no tokens
     return (f"{job.name:<28} {batch['status']:<10} {counts['total']:>8} {counts['completed']:>4} {counts['failed']:>4} "
-            f"{usage['total_tokens']:>7} {seconds:>8.2f} {rate:>8.0f}")  # fmt: skip
+            f"{usage['total_tokens']:>7} {seconds:>8.2f} {rate:>8}")  # fmt: skip
 
 
 def job_samples(job: Path, width: int = 72) -> list[str]:
@@ -123,8 +124,9 @@ def main() -> int:
     spool.init()
     say(f"spool at {SPOOL}")
     started = time.monotonic()
-    model_dir = ensure_builtin("builtin:tiny-random", STATE)
-    say(f"tiny model ready at {model_dir} ({time.monotonic() - started:.1f} s)")
+    for model in ("builtin:tiny-random", "builtin:tiny-embed"):
+        model_dir = ensure_builtin(model, STATE)
+        say(f"tiny model ready at {model_dir} ({time.monotonic() - started:.1f} s)")
     names = []
     for job in JOBS:
         stale = [SPOOL / s / job for s in ("done", "failed") if (SPOOL / s / job).exists()]

@@ -153,7 +153,7 @@ class ActiveJob:
 
     def parse(self, raw: RawLine) -> EngineRequest | LineError | None:
         """One input line as the validating pass judged it (later duplicates of a custom_id are errors)."""
-        return judge(raw, self.model, self._duplicates)
+        return judge(raw, self.model, self._duplicates, self.profile.serves)
 
     @cached_property
     def _duplicates(self) -> frozenset[int]:

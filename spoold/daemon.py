@@ -288,7 +288,8 @@ class Daemon:
         """While jobs run, validate the inbox job likely to run next (large inputs, in another process)."""
         nxt = self.intake.ready.pick(self._current_model(), now, self.config.engine.model_switch_after)
         if nxt is not None and nxt.model is not None:
-            self.prevalidator.offer(self.spool.inbox / f"{nxt.name}.jsonl", nxt.model)
+            profile = self.profiles.get(nxt.model)
+            self.prevalidator.offer(self.spool.inbox / f"{nxt.name}.jsonl", nxt.model, profile.serves if profile else None)
 
     def _start(self, choice: _Choice) -> ActiveJob | str | None:
         """On a job-start thread: claim (or take over), then start_job."""

@@ -66,10 +66,10 @@ def start_job(ctx: JobContext, job: JobDir, lease: leases.Lease, fail_reason: st
     rec.attempt_mark = _progress_mark(job, checkpoint)
     job.save_record(rec)
     try:
-        validation = _validation(ctx, job, model)
+        validation = _validation(ctx, job, model, profile.serves)
         reason = fatal_reason(validation, sidecar.max_error_ratio)
         if reason:
-            listing = _list_line_errors(ctx, job, model, validation, sidecar)
+            listing = _list_line_errors(ctx, job, model, validation, sidecar, profile.serves)
             if listing is None:
                 raise ValidationInterrupted()
             return end_job(ctx, job, rec, JobEnd("failed", reason, [e.model_dump() for e in validation.errors]), sidecar, model, listing, validation)
@@ -169,7 +169,7 @@ def _load_sidecar(job: JobDir, ctx: JobContext) -> Sidecar:
     return parse_sidecar(text, ctx.handler_names)
 
 
-def _validation(ctx: JobContext, job: JobDir, model: str) -> ValidationSummary:
+def _validation(ctx: JobContext, job: JobDir, model: str, serves: frozenset[str] | None) -> ValidationSummary:
     if job.validation.exists():
         return ValidationSummary.model_validate(read_json(job.validation))
 
@@ -177,21 +177,23 @@ def _validation(ctx: JobContext, job: JobDir, model: str) -> ValidationSummary:
         return not ctx.hooks.should_stop()
 
     ahead = ctx.prevalidated(job.input, model, keep_going) if ctx.prevalidated else None
-    summary = ahead or validate_file(job.input, model, keep_going, ctx.config.max_line_bytes)
+    summary = ahead or validate_file(job.input, model, keep_going, ctx.config.max_line_bytes, serves)
     atomic_write_json(job.validation, summary.model_dump())
     how = " (validated ahead of time)" if ahead else ""
     log.info("validated: %d requests, %d invalid%s", summary.lines, summary.invalid, how, extra={"job": job.name})
     return summary
 
 
-def _list_line_errors(ctx: JobContext, job: JobDir, model: str, validation: ValidationSummary, sidecar: Sidecar) -> Checkpoint | None:
+def _list_line_errors(
+    ctx: JobContext, job: JobDir, model: str, validation: ValidationSummary, sidecar: Sidecar, serves: frozenset[str] | None
+) -> Checkpoint | None:
     """A job failing as a whole still lists each bad line in errors.jsonl. None if stopped part-way."""
     writer = ResultWriter(job, 0, 0)
     duplicates = frozenset(validation.duplicates)
     chunk = sidecar.chunk_size or ctx.config.chunk_size
     failed = 0
     for raw in read_lines(job.input, max_line_bytes=ctx.config.max_line_bytes):
-        parsed = judge(raw, model, duplicates)
+        parsed = judge(raw, model, duplicates, serves)
         if isinstance(parsed, LineError):
             writer.add(error_record(parsed.custom_id, parsed.line, parsed.code, parsed.message))
             failed += 1

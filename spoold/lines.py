@@ -12,6 +12,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,16 @@ from spoold import body_rules
 from spoold.engine.base import EngineRequest, RequestKind
 from spoold.faults import one_line
 from spoold.reader import RawLine
+from spoold.pooling_bodies import PROBLEMS as POOLING_PROBLEMS
 
-URL_KINDS: dict[str, RequestKind] = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+URL_KINDS: dict[str, RequestKind] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+    "/v1/embeddings": "embeddings",
+    "/v1/score": "score",
+    "/v1/rerank": "rerank",
+}
+KIND_URLS: dict[RequestKind, str] = {kind: url for url, kind in URL_KINDS.items()}
 
 MAX_NESTING = 128
 """Deepest nesting of [ and { a line may have. Real requests (JSON schemas included) stay far
@@ -43,22 +52,26 @@ class LineError:
     custom_id: str | None = None
 
 
-def parse_raw_line(raw: RawLine, job_model: str) -> EngineRequest | LineError | None:
+def parse_raw_line(raw: RawLine, job_model: str, serves: Collection[str] | None = None) -> EngineRequest | LineError | None:
     """`parse_line` for a line from `read_lines`, including one over max_line_bytes (never read whole)."""
     if raw.too_long is not None:
         return LineError(raw.number, "line_too_long",
                          f"line is {raw.size:,} bytes, more than max_line_bytes ({raw.too_long:,}); it was skipped unread")  # fmt: skip
-    return parse_line(raw.data, raw.number, job_model, unterminated=raw.unterminated)
+    return parse_line(raw.data, raw.number, job_model, unterminated=raw.unterminated, serves=serves)
 
 
-def parse_line(raw: bytes, line: int, job_model: str, *, unterminated: bool = False) -> EngineRequest | LineError | None:
+def parse_line(
+    raw: bytes, line: int, job_model: str, *, unterminated: bool = False, serves: Collection[str] | None = None
+) -> EngineRequest | LineError | None:
     """Parse one raw line (with or without its newline). None means a blank line, which is skipped.
 
     `unterminated` marks a last line with no newline: if it does not parse, the
-    upload was probably cut off, and the error says so. Never raises.
+    upload was probably cut off, and the error says so. `serves` is the line
+    kinds the job's model answers (its profile's task); None skips that check
+    (the engine makes it too). Never raises.
     """
     try:
-        return _parse(raw, line, job_model, unterminated)
+        return _parse(raw, line, job_model, unterminated, serves)
     except RecursionError:
         return LineError(line, "invalid_json", TOO_DEEP)
     except Exception as exc:  # noqa: BLE001 - a poison line is that line's error, never the job's
@@ -74,7 +87,7 @@ def cut(text: str) -> str:
     return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
-def _parse(raw: bytes, line: int, job_model: str, unterminated: bool) -> EngineRequest | LineError | None:
+def _parse(raw: bytes, line: int, job_model: str, unterminated: bool, serves: Collection[str] | None) -> EngineRequest | LineError | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -101,7 +114,7 @@ def _parse(raw: bytes, line: int, job_model: str, unterminated: bool) -> EngineR
     problem = _structure_problem(obj, text)
     if problem:
         return LineError(line, *problem)
-    return _request_from_object(obj, line, job_model)
+    return _request_from_object(obj, line, job_model, serves)
 
 
 def _no_constant(name: str) -> float:
@@ -155,7 +168,9 @@ def _lone_surrogate(value: str) -> str | None:
     return None
 
 
-def _request_from_object(obj: dict[str, Any], line: int, job_model: str) -> EngineRequest | LineError:
+def _request_from_object(
+    obj: dict[str, Any], line: int, job_model: str, serves: Collection[str] | None
+) -> EngineRequest | LineError:
     if "url" in obj or "body" in obj or "method" in obj:
         custom_id = obj.get("custom_id", f"line-{line}")
         cid = custom_id if isinstance(custom_id, str) else None
@@ -166,7 +181,7 @@ def _request_from_object(obj: dict[str, Any], line: int, job_model: str) -> Engi
             return LineError(line, "invalid_request", f"method must be POST, got {short_repr(method)}", cid)
         url = obj.get("url")
         if not isinstance(url, str) or url not in URL_KINDS:
-            return LineError(line, "invalid_url", f"url must be /v1/chat/completions or /v1/completions, got {short_repr(url)}", cid)
+            return LineError(line, "invalid_url", f"url must be one of {', '.join(URL_KINDS)}, got {short_repr(url)}", cid)
         body = obj.get("body")
         if not isinstance(body, dict):
             return LineError(line, "invalid_request", "body must be a JSON object", cid)
@@ -183,8 +198,14 @@ def _request_from_object(obj: dict[str, Any], line: int, job_model: str) -> Engi
             kind = "chat"
         elif "prompt" in body:
             kind = "completion"
+        elif "input" in body:
+            kind = "embeddings"
         else:
-            return LineError(line, "invalid_request", "a line without url needs messages (chat) or prompt (completion)", custom_id)
+            return LineError(
+                line, "invalid_request", "a line without url needs messages (chat), prompt (completion) or input (embeddings)", custom_id
+            )
+    if serves is not None and kind not in serves:
+        return LineError(line, "unsupported_kind", f"model {job_model} cannot serve {KIND_URLS[kind]} lines", custom_id)
     problem = _body_problem(kind, body, job_model)
     if problem:
         code, message = problem
@@ -196,6 +217,9 @@ def _body_problem(kind: RequestKind, body: dict[str, Any], job_model: str) -> tu
     model = body.get("model")
     if model is not None and model != job_model:
         return "model_mismatch", f"body.model {short_repr(model)} does not match the job's model {job_model!r}"
+    if kind in POOLING_PROBLEMS:
+        problem = POOLING_PROBLEMS[kind](body)
+        return ("invalid_request", problem) if problem else None
     if kind == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:

@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -45,12 +45,12 @@ class Prevalidator:
         self._futures: dict[Key, Future[ValidationSummary]] = {}
         self._lock = threading.Lock()  # offered from the main thread, taken on job-start threads
 
-    def offer(self, path: Path, model: str) -> None:
+    def offer(self, path: Path, model: str, serves: Collection[str] | None = None) -> None:
         """Start validating `path` in the background unless it is small, known, or a pass is busy."""
         with self._lock:
-            self._offer(path, model)
+            self._offer(path, model, serves)
 
-    def _offer(self, path: Path, model: str) -> None:
+    def _offer(self, path: Path, model: str, serves: Collection[str] | None) -> None:
         key = file_key(path, model)
         if key is None or key[2] < self.min_bytes or key in self._futures:
             return
@@ -62,7 +62,7 @@ class Prevalidator:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         log.debug("validating %s ahead of time", path.name)
-        self._futures[key] = self._executor.submit(validate_file, path, model, None, self.max_line_bytes)
+        self._futures[key] = self._executor.submit(validate_file, path, model, None, self.max_line_bytes, serves)
 
     def finished(self, path: Path, model: str) -> bool:
         """Whether a pass for exactly this file has finished (and not been taken yet)."""

@@ -12,12 +12,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spoold import tinymodel
 from spoold.errors import ConfigError, UnknownModel, describe_validation_error
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "models"
+
+Task = Literal["generate", "embed", "score"]
+TASK_KINDS: dict[str, frozenset[str]] = {
+    "generate": frozenset({"chat", "completion"}),
+    "embed": frozenset({"embeddings", "score", "rerank"}),
+    "score": frozenset({"score", "rerank"}),
+}
+"""Which line kinds each task serves (as vLLM's server enables its endpoints for such a model)."""
 
 
 class EngineArgsSpec(BaseModel):
@@ -52,6 +60,9 @@ class EngineArgsSpec(BaseModel):
     hf_overrides: dict[str, Any] | None = None
     generation_config: str | None = None
     disable_log_stats: bool | None = None
+    runner: Literal["auto", "generate", "pooling"] | None = None
+    convert: Literal["auto", "none", "embed", "classify"] | None = None
+    pooler_config: dict[str, Any] | None = None
 
 
 class ModelProfile(BaseModel):
@@ -66,6 +77,15 @@ class ModelProfile(BaseModel):
     """Default sampling for this model, below the sidecar's and the line's own values."""
     gpu_memory_gb: float | None = Field(None, gt=0)
     """GPU memory the model needs at its engine_args (weights plus a useful KV cache)."""
+    task: Task | None = "generate"
+    """What the model does: generate (chat, completions), embed (embeddings, and score/rerank by
+    cosine similarity) or score (a cross-encoder: score and rerank). None (a local model directory
+    named in a sidecar): unknown until loaded; vLLM's model detection decides."""
+
+    @property
+    def serves(self) -> frozenset[str] | None:
+        """The line kinds (lines.URL_KINDS values) this model answers; None: not known offline."""
+        return TASK_KINDS[self.task] if self.task else None
 
     @field_validator("model")
     @classmethod
@@ -73,6 +93,15 @@ class ModelProfile(BaseModel):
         if tinymodel.is_builtin(value):
             tinymodel.builtin_name(value)  # raises ValueError for an unknown built-in
         return value
+
+    @model_validator(mode="after")
+    def _pooling_runner(self) -> ModelProfile:
+        """A pooling task runs on vLLM's pooling runner unless the profile says otherwise."""
+        if self.task in ("embed", "score"):
+            self.engine_args.setdefault("runner", "pooling")
+        elif self.task == "generate" and self.engine_args.get("runner") == "pooling":
+            raise ValueError("engine_args.runner is pooling: set task to embed or score")
+        return self
 
     @field_validator("engine_args")
     @classmethod
@@ -105,7 +134,7 @@ def resolve_model(name: str, profiles: dict[str, ModelProfile]) -> ModelProfile:
         return profiles[name]
     path = Path(name)
     if path.is_absolute() and path.is_dir():
-        return ModelProfile(name=name, model=str(path))
+        return ModelProfile(name=name, model=str(path), task=None)
     raise UnknownModel(f"unknown model {name!r}: not a profile ({', '.join(sorted(profiles)) or 'none'}) nor a local model directory")
 
 
@@ -152,7 +181,7 @@ def _hf_caches(download_dir: str | None) -> list[Path]:
 
 def models_report(profiles: dict[str, ModelProfile], state_dir: Path) -> str:
     """The `spoold models` table: one row per profile, with whether its weights are here."""
-    header = ("NAME", "MODEL", "MAX LEN", "GPU GB", "LOCAL", "WHERE / HOW")
+    header = ("NAME", "MODEL", "MAX LEN", "GPU GB", "TASK", "LOCAL", "WHERE / HOW")
     rows = [header]
     for name in sorted(profiles):
         profile = profiles[name]
@@ -165,6 +194,7 @@ def models_report(profiles: dict[str, ModelProfile], state_dir: Path) -> str:
                 profile.model,
                 str(max_len) if max_len else "-",
                 f"{gpu:g}" if gpu else "-",
+                profile.task or "-",
                 "yes" if ok else "no",
                 where,
             )

@@ -20,8 +20,16 @@ from pathlib import Path
 from typing import Any
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_SEEDS: dict[str, int] = {"tiny-random": 0, "tiny-random-b": 1}
-"""Built-in model names and the seed each is built from (a second model for model-switch tests)."""
+BUILTIN_SEEDS: dict[str, int] = {"tiny-random": 0, "tiny-random-b": 1, "tiny-embed": 2, "tiny-rerank": 3}
+"""Built-in model names and the seed each is built from (a second model for model-switch tests;
+`tiny-embed` is served as an embedding model, `tiny-rerank` as a cross-encoder: their profiles
+run them with vLLM's pooling runner)."""
+BUILTIN_CONFIG: dict[str, dict[str, Any]] = {
+    "tiny-embed": {"matryoshka_dimensions": [32, 64, 128]},
+    "tiny-rerank": {"num_labels": 1, "architectures": ["LlamaForSequenceClassification"]},
+}
+"""Extra config.json keys per built-in model (tiny-embed accepts `dimensions` 32, 64 or 128;
+tiny-rerank is a one-label sequence classifier, i.e. a cross-encoder)."""
 
 MARKER = "spoold-tiny.json"
 """Written last inside the build; its presence means the build is complete."""
@@ -84,10 +92,10 @@ def is_built(path: Path) -> bool:
 def ensure_builtin(model: str, state_dir: Path) -> Path:
     """Resolve `builtin:NAME` (or bare NAME) to its built directory, building it the first time."""
     name = builtin_name(model if is_builtin(model) else BUILTIN_PREFIX + model)
-    return build_tiny_model(Path(state_dir) / "models" / name, seed=BUILTIN_SEEDS[name])
+    return build_tiny_model(Path(state_dir) / "models" / name, seed=BUILTIN_SEEDS[name], extra_config=BUILTIN_CONFIG.get(name))
 
 
-def build_tiny_model(dest: Path, seed: int = 0) -> Path:
+def build_tiny_model(dest: Path, seed: int = 0, extra_config: dict[str, Any] | None = None) -> Path:
     """Build a tiny random Llama plus tokenizer into `dest`; return `dest`.
 
     Another process building the same directory at the same time is fine: one
@@ -100,7 +108,7 @@ def build_tiny_model(dest: Path, seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         tokenizer = _save_tokenizer(tmp)
-        _save_model(tmp, seed, tokenizer)
+        _save_model(tmp, seed, tokenizer, extra_config or {})
         (tmp / MARKER).write_text(
             json.dumps({"seed": seed, "weights_sha256": weights_digest(tmp)}, indent=2) + "\n",
             encoding="utf-8",
@@ -170,9 +178,9 @@ def _save_tokenizer(directory: Path) -> Any:
     return tokenizer
 
 
-def _save_model(directory: Path, seed: int, tokenizer: Any) -> None:
+def _save_model(directory: Path, seed: int, tokenizer: Any, extra_config: dict[str, Any]) -> None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -191,7 +199,8 @@ def _save_model(directory: Path, seed: int, tokenizer: Any) -> None:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
         dtype="float32",
+        **extra_config,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForSequenceClassification(config) if config.num_labels == 1 else LlamaForCausalLM(config)
     model.save_pretrained(str(directory))

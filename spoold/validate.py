@@ -8,7 +8,7 @@ whole can run, before a GPU second is spent on it.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -50,19 +50,24 @@ def duplicate_error(line: int, custom_id: str) -> LineError:
     return LineError(line, "duplicate_custom_id", f"custom_id {short_repr(custom_id)} already used on an earlier line", custom_id)
 
 
-def judge(raw: RawLine, job_model: str, duplicates: frozenset[int]) -> EngineRequest | LineError | None:
+def judge(raw: RawLine, job_model: str, duplicates: frozenset[int], serves: Collection[str] | None = None) -> EngineRequest | LineError | None:
     """One input line as the validating pass judged it: later duplicates of a custom_id are errors."""
-    parsed = parse_raw_line(raw, job_model)
+    parsed = parse_raw_line(raw, job_model, serves)
     if isinstance(parsed, EngineRequest) and raw.number in duplicates:
         return duplicate_error(raw.number, parsed.custom_id)
     return parsed
 
 
 def validate_file(
-    path: Path, job_model: str, keep_going: Callable[[int], bool] | None = None, max_line_bytes: int = MAX_LINE_BYTES
+    path: Path,
+    job_model: str,
+    keep_going: Callable[[int], bool] | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    serves: Collection[str] | None = None,
 ) -> ValidationSummary:
     """Stream `path`; memory does not grow with the input beyond 8 bytes per valid line (and one
     line, at most `max_line_bytes`). A line's problem, whatever it is, is that line's error.
+`serves`: the line kinds the job's model answers (see `lines.parse_line`).
 
     Duplicate custom_ids are found without holding the ids: the first pass keeps
     a 64-bit hash of each id (8 bytes, not a ~100-byte Python string); hashes
@@ -73,7 +78,7 @@ def validate_file(
     """
     summary = ValidationSummary()
     hashes = array("Q")
-    for parsed in _parsed_lines(path, job_model, keep_going, max_line_bytes):
+    for parsed in _parsed_lines(path, job_model, keep_going, max_line_bytes, serves):
         summary.lines += 1
         if isinstance(parsed, LineError):
             summary.invalid += 1
@@ -87,15 +92,17 @@ def validate_file(
     candidates = repeated(hashes)
     del hashes
     if candidates:
-        _mark_duplicates(summary, _duplicate_lines(path, job_model, candidates, keep_going, max_line_bytes))
+        _mark_duplicates(summary, _duplicate_lines(path, job_model, candidates, keep_going, max_line_bytes, serves))
     return summary
 
 
-def _parsed_lines(path: Path, job_model: str, keep_going: Callable[[int], bool] | None, max_line_bytes: int) -> Iterable[EngineRequest | LineError]:
+def _parsed_lines(
+    path: Path, job_model: str, keep_going: Callable[[int], bool] | None, max_line_bytes: int, serves: Collection[str] | None
+) -> Iterable[EngineRequest | LineError]:
     for raw in read_lines(path, max_line_bytes=max_line_bytes):
         if keep_going is not None and raw.number % PROGRESS_EVERY == 0 and not keep_going(raw.number):
             raise ValidationInterrupted()
-        parsed = parse_raw_line(raw, job_model)
+        parsed = parse_raw_line(raw, job_model, serves)
         if parsed is not None:
             yield parsed
 
@@ -115,12 +122,13 @@ def repeated(hashes: array) -> set[int]:
 
 
 def _duplicate_lines(
-    path: Path, job_model: str, candidates: set[int], keep_going: Callable[[int], bool] | None, max_line_bytes: int
+    path: Path, job_model: str, candidates: set[int], keep_going: Callable[[int], bool] | None, max_line_bytes: int,
+    serves: Collection[str] | None,
 ) -> list[LineError]:
     """Second pass, only over lines whose id hash repeats: exact comparison of the ids."""
     first: dict[str, int] = {}
     found = []
-    for parsed in _parsed_lines(path, job_model, keep_going, max_line_bytes):
+    for parsed in _parsed_lines(path, job_model, keep_going, max_line_bytes, serves):
         if isinstance(parsed, LineError) or _id_hash(parsed.custom_id) not in candidates:
             continue
         if parsed.custom_id in first:

@@ -26,8 +26,8 @@ def validate_command(config: Config, path: Path, sidecar_path: Path | None) -> i
             raise SpooldError(f"cannot read sidecar {sidecar_path}: {exc.strerror}") from None
         sidecar = parse_sidecar(text, {h.name for h in config.handlers})
     model = sidecar.model or config.engine.default_model
-    resolve_model(model, load_profiles(config.engine.model_dirs))
-    summary = validate_file(path.resolve(), model, max_line_bytes=config.max_line_bytes)  # a user's own symlink is fine here; the daemon never follows one
+    profile = resolve_model(model, load_profiles(config.engine.model_dirs))
+    summary = validate_file(path.resolve(), model, max_line_bytes=config.max_line_bytes, serves=profile.serves)  # a user's own symlink is fine here; the daemon never follows one
     for error in summary.errors:
         print(f"line {error.line}: {error.code}: {error.message}")
     if summary.invalid > len(summary.errors):

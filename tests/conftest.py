@@ -39,6 +39,28 @@ def vllm_engine(tiny_state_dir):
     engine.close()
 
 
+@pytest.fixture(scope="session")
+def embed_engine(tiny_state_dir):
+    """The session's one pooling engine: the built-in tiny-embed model (embeddings, score, rerank)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from spoold.config import Config
+    from spoold.engine.vllm_backend import VllmEngine
+    from spoold.profiles import load_profiles
+
+    config = Config.model_validate({"engine": {"state_dir": str(tiny_state_dir)}})
+    engine = VllmEngine.load(config, load_profiles()["tiny-embed"])
+    yield engine
+    engine.close()
+
+
+@pytest.fixture()
+def tiny_embed_engine(embed_engine):
+    """The session pooling engine, guaranteed empty before and after each test."""
+    embed_engine.abort_all()
+    yield embed_engine
+    embed_engine.abort_all()
+
+
 @pytest.fixture()
 def tiny_engine(vllm_engine):
     """The session engine, guaranteed empty before and after each test."""

@@ -106,7 +106,7 @@ def test_bad_lines_become_error_records(tmp_path: Path) -> None:
         assert job.parent.name == "done"
         errors = [json.loads(x) for x in (job / "errors.jsonl").read_text().splitlines()]
         by_line = {e["error"]["line"]: e["error"]["code"] for e in errors}
-        assert by_line == {2: "invalid_json", 3: "invalid_url", 4: "duplicate_custom_id", 5: "model_mismatch"}
+        assert by_line == {2: "invalid_json", 3: "unsupported_kind", 4: "duplicate_custom_id", 5: "model_mismatch"}
         outputs = [json.loads(x) for x in (job / "output.jsonl").read_text().splitlines()]
         assert sorted(o["custom_id"] for o in outputs) == ["line-7", "line-8", "ok1"]
         kinds = {o["custom_id"]: o["response"]["body"]["object"] for o in outputs}

@@ -45,7 +45,8 @@ def test_blank_lines_are_skipped() -> None:
         (b"\xff\xfe{}", "invalid_encoding"),
         (b"{nope", "invalid_json"),
         (b"[1, 2]", "invalid_request"),
-        (json.dumps({"custom_id": "a", "url": "/v1/embeddings", "body": {}}).encode(), "invalid_url"),
+        (json.dumps({"custom_id": "a", "url": "/v1/audio/speech", "body": {}}).encode(), "invalid_url"),
+        (json.dumps({"custom_id": "a", "url": "/v1/embeddings", "body": {}}).encode(), "invalid_request"),
         (json.dumps({"custom_id": "a", "method": "GET", "url": "/v1/completions", "body": {"prompt": "x"}}).encode(), "invalid_request"),
         (json.dumps({"custom_id": "a", "url": "/v1/completions", "body": "x"}).encode(), "invalid_request"),
         (json.dumps({"custom_id": 5, "url": "/v1/completions", "body": {"prompt": "x"}}).encode(), "invalid_request"),
@@ -54,7 +55,7 @@ def test_blank_lines_are_skipped() -> None:
         (json.dumps({"messages": []}).encode(), "invalid_request"),
         (json.dumps({"messages": ["hi"]}).encode(), "invalid_request"),
         (json.dumps({"prompt": 5}).encode(), "invalid_request"),
-        (json.dumps({"input": "neither"}).encode(), "invalid_request"),
+        (json.dumps({"neither": "x"}).encode(), "invalid_request"),
     ],
 )
 def test_bad_lines_become_line_errors(raw: bytes, code: str) -> None:

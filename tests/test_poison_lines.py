@@ -57,7 +57,7 @@ def test_nesting_up_to_the_limit_and_valid_surrogate_pairs_are_fine() -> None:
 
 
 def test_any_exception_while_judging_a_line_is_that_lines_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(obj: object, line: int, job_model: str) -> None:
+    def broken(obj: object, line: int, job_model: str, serves: object = None) -> None:
         raise RuntimeError("something nobody foresaw\nsecond line")
 
     monkeypatch.setattr(lines_module, "_request_from_object", broken)

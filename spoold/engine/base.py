@@ -14,7 +14,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-RequestKind = Literal["chat", "completion"]
+RequestKind = Literal["chat", "completion", "embeddings", "score", "rerank"]
+"""The url kinds of SPEC section 4: generating (chat, completion) and pooling (the rest)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class EngineResult:
     """The `key` of the request this answers."""
     custom_id: str
     body: dict[str, Any] | None = None
-    """An OpenAI `chat.completion` / `text_completion` object on success."""
+    """On success: an OpenAI `chat.completion` / `text_completion` / embeddings `list` object,
+    or vLLM's score / rerank response."""
     error: EngineError | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0

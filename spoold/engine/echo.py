@@ -38,6 +38,12 @@ class EchoEngine(Engine):
         self._pending: list[EngineRequest] = []
 
     def add(self, request: EngineRequest) -> EngineResult | None:
+        if request.kind not in ("chat", "completion"):
+            return EngineResult(
+                key=request.key,
+                custom_id=request.custom_id,
+                error=EngineError("unsupported_kind", f"the echo backend answers chat and completion lines only, not {request.kind}"),
+            )
         if "SPOOLD_ECHO_REJECT" in _prompt_text(request):
             return EngineResult(
                 key=request.key,

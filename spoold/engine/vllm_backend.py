@@ -27,6 +27,8 @@ from spoold import tinymodel
 from spoold.config import Config
 from spoold.engine import responses, sampling
 from spoold.engine.base import Engine, EngineError, EngineFailure, EngineRequest, EngineResult, ModelLoadError
+from spoold.engine.vllm_pooling import POOLING_KINDS, PoolingFrontend, PoolingRejected
+from spoold.lines import KIND_URLS
 from spoold.profiles import ModelProfile
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,9 @@ class VllmEngine(Engine):
         self._pending: dict[str, _Pending] = {}
         self._ids = itertools.count()
         self._errors = _vllm_request_errors()
+        self._pooling = PoolingFrontend(llm, name)
+        """Embeddings, score and rerank lines (see vllm_pooling.py); `kinds` is what this model serves."""
+        self.kinds = self._pooling.kinds
 
     # ---- loading ---------------------------------------------------------------------------
 
@@ -101,6 +106,10 @@ class VllmEngine(Engine):
     # ---- the Engine interface --------------------------------------------------------------
 
     def add(self, request: EngineRequest) -> EngineResult | None:
+        if request.kind not in self.kinds:
+            return _error(request, "unsupported_kind", f"model {self.model} cannot serve {KIND_URLS[request.kind]} lines")
+        if request.kind in POOLING_KINDS:
+            return self._add_pooling(request)
         try:
             prompt_ids = self._prompt_ids(request)
             if len(prompt_ids) >= self._max_model_len:
@@ -126,8 +135,20 @@ class VllmEngine(Engine):
         self._pending[request_id] = _Pending(request, len(prompt_ids), kwargs["logprobs"], int(time.time()))
         return None
 
+    def _add_pooling(self, request: EngineRequest) -> EngineResult | None:
+        try:
+            self._pooling.add(request)
+        except PoolingRejected as exc:
+            return _error(request, "invalid_request", str(exc))
+        except self._errors as exc:
+            return _error(request, "invalid_request", _one_line(exc))
+        except Exception as exc:  # noqa: BLE001 - anything else means the engine itself is gone
+            log.error("vLLM engine rejected a pooling request unexpectedly", exc_info=True)
+            raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
+        return None
+
     def step(self) -> list[EngineResult]:
-        if not self._pending:
+        if not self._pending and not len(self._pooling):
             return []  # an empty multiprocess engine would block in step()
         try:
             outputs = self._llm.step()
@@ -138,16 +159,22 @@ class VllmEngine(Engine):
         for output in outputs:
             if not output.finished:
                 continue
+            if self._pooling.owns(output.request_id):
+                pooled = self._pooling.take(output)
+                if pooled is not None:
+                    results.append(pooled)
+                continue
             pending = self._pending.pop(output.request_id, None)
             if pending is not None:
                 results.append(self._result(pending, output))
         return results
 
     def in_flight(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._pooling)
 
     def abort(self, keys: list[int]) -> None:
         drop = set(keys)
+        self._pooling.abort(drop)
         ids = [rid for rid, p in self._pending.items() if p.request.key in drop]
         if ids:
             self._llm.abort_request(ids)
@@ -158,11 +185,13 @@ class VllmEngine(Engine):
         if self._pending:
             self._llm.abort_request(list(self._pending))
             self._pending.clear()
+        self._pooling.abort_all()
 
     def close(self) -> None:
         """Stop the engine processes and drop every reference so memory (and GPU memory) is freed."""
         llm, self._llm = self._llm, None
         self._pending.clear()
+        self._pooling.close()
         if llm is None:
             return
         with contextlib.suppress(Exception):  # best effort: the engine may already be dead
