@@ -60,8 +60,11 @@ class Intake:
         for name, entry in current.items():
             self._observe(name, entry, now)
 
-    def due(self, now: float) -> None:
-        while self._due and self._due[0][0] <= now:
+    def due(self, now: float, limit: int = 200) -> None:
+        """Look again at uploads whose time has come; at most `limit` per call, so thousands of
+        uploads settling at once (a daemon starting on a deep inbox) never stall the loop."""
+        while self._due and self._due[0][0] <= now and limit > 0:
+            limit -= 1
             _, name = heapq.heappop(self._due)
             if name in self._uploads and name not in self.ready:
                 self._observe(name, self._stat(name), now)

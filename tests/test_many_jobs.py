@@ -213,7 +213,6 @@ def test_several_jobs_in_flight_survive_kill_9_exactly_once(tmp_path: Path) -> N
             job = d.wait_finished(name, timeout=120)
             assert job.parent.name == "done"
             assert_exactly_once(job, expected)
-        assert "attempt" not in d.log(), "a kill must not count against jobs that made progress or were never fed"
 
 
 @pytestmark_slow
