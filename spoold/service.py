@@ -19,6 +19,7 @@ from spoold.handler_runs import HandlerDispatcher
 from spoold.logs import setup_logging
 from spoold.metrics import Metrics, effective_listen
 from spoold.notify import Notifier
+from spoold.prune import PeriodicPrune
 from spoold.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Service:
         self._last_refresh = 0.0
         self._last_handler_scan = time.monotonic()
         self._rescan: threading.Thread | None = None
+        self.pruner = PeriodicPrune(config.node, on_removed=lambda removed: metrics.pruned(removed.due.state))
 
     @classmethod
     def create(cls, config: Config) -> Service:
@@ -97,6 +99,7 @@ class Service:
         self.notifier.stopping("stopping: checkpointing and exiting")
 
     def stop(self) -> None:
+        self.pruner.stop()
         self.handlers.stop(timeout=5.0)
         self.metrics.stop_server()
         self.gpu.close()
@@ -126,6 +129,7 @@ class Service:
             # Off the work loop: on a large NFS spool the scan could outlast the watchdog.
             self._rescan = threading.Thread(target=self.handlers.resume, args=(spool.root,), name="handler-rescan", daemon=True)
             self._rescan.start()
+        self.pruner.maybe_start(spool.root, self.config.retention, now)
         if now - self._last_refresh < SPOOL_REFRESH_SECONDS:
             return
         self._last_refresh = now

@@ -29,6 +29,7 @@ SPEC_FAMILIES = {  # SPEC section 8, without the GPU gauges: name (as parsed) ->
     "spoold_model_loaded": "gauge",
     "spoold_model_load_seconds": "histogram",
     "spoold_build_info": "gauge",
+    "spoold_pruned_jobs": "counter",  # spoold's own addition (README), beside SPEC section 8's
 }
 GPU_FAMILIES = {
     "spoold_gpu_memory_used_bytes",
@@ -78,6 +79,8 @@ def test_every_spec_metric_is_served_with_zeroed_labels(metrics: Metrics) -> Non
     assert types == SPEC_FAMILIES  # exactly these: no *_created, no GPU gauges without samples
     for outcome in ("completed", "failed", "cancelled"):
         assert value(data, "spoold_jobs", "spoold_jobs_total", outcome=outcome) == 0
+    for state in ("done", "failed"):
+        assert value(data, "spoold_pruned_jobs", "spoold_pruned_jobs_total", state=state) == 0
     for outcome in ("succeeded", "failed"):
         assert value(data, "spoold_requests", "spoold_requests_total", outcome=outcome) == 0
     for kind in ("prompt", "completion"):
