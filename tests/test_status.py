@@ -1,0 +1,106 @@
+"""`spoold status`: active and recent jobs by default, --all for every job, --watch refreshing, no read per finished job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import spoold.status as status_module
+from handler_helpers import make_job
+from spoold.census import count_spool
+from spoold.spool import Spool
+from spoold.status import RECENT_SHOWN, collect, count_jobs, render
+from spoold_helpers import child_env
+
+
+def spool_with_history(root: Path, done: int, failed: int) -> Spool:
+    spool = Spool(root)
+    spool.init()
+    base = time.time() - 100_000
+    for i in range(done):
+        job_dir, _ = make_job(root, f"d{i:03d}")
+        os.utime(job_dir, (base + i, base + i))  # d{done-1} finished last
+    for i in range(failed):
+        job_dir, _ = make_job(root, f"f{i:03d}", status="failed")
+        os.utime(job_dir, (base + i, base + i))
+    (root / "inbox" / "queued.jsonl").write_text('{"prompt": "x"}\n')
+    (root / "inbox" / "queued.yaml").write_text("{}\n")
+    (root / "processing" / "running" / ".spoold").mkdir(parents=True)
+    return spool
+
+
+def test_default_shows_active_and_the_most_recent_finished_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = spool_with_history(tmp_path, done=60, failed=5)
+    reads: list[str] = []
+    real = status_module.read_json
+    monkeypatch.setattr(status_module, "read_json", lambda path: reads.append(Path(path).parent.name) or real(path))
+    rows = collect(spool, "tiny-random")
+    names = [r["name"] for r in rows]
+    assert names[:2] == ["queued", "running"]
+    assert names[2 : 2 + RECENT_SHOWN] == [f"d{i:03d}" for i in range(59, 59 - RECENT_SHOWN, -1)]  # newest first
+    assert names[2 + RECENT_SHOWN :] == [f"f{i:03d}" for i in range(4, -1, -1)]
+    assert sorted(reads) == sorted(n for n in names if n != "queued")  # only the jobs shown are read
+
+    text = render(rows, spool, count_jobs(spool), shown_all=False)
+    head = text.splitlines()[0]
+    assert "1 inbox, 1 processing, 60 done, 5 failed" in head and "--all" in head
+
+
+def test_all_shows_every_job_and_a_name_finds_an_old_one(tmp_path: Path) -> None:
+    spool = spool_with_history(tmp_path, done=30, failed=2)
+    assert len(collect(spool, "tiny-random", show_all=True)) == 2 + 30 + 2
+    old = collect(spool, "tiny-random", "d000")
+    assert [(r["name"], r["state"], r["status"]) for r in old] == [("d000", "done", "completed")]
+    assert collect(spool, "tiny-random", "queued")[0]["status"] == "queued"
+    assert collect(spool, "tiny-random", "ghost") == []
+
+
+def test_spool_counts_come_from_listings_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = spool_with_history(tmp_path, done=40, failed=3)
+
+    def no_per_job_access(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"per-job access while counting: {args}")
+
+    monkeypatch.setattr(os, "lstat", no_per_job_access)
+    monkeypatch.setattr("builtins.open", no_per_job_access)
+    # inbox/ entries may be stat'ed (the oldest-job gauge); finished ones never.
+    monkeypatch.setattr(os, "stat", lambda path, **kw: _inbox_only(path, kw))
+    counts, _ = count_spool(spool.root)
+    assert counts == {"inbox": 1, "processing": 1, "done": 40, "failed": 3}
+
+
+_real_stat = os.stat
+
+
+def _inbox_only(path: object, kw: dict) -> os.stat_result:
+    if "/inbox/" not in str(path):
+        raise AssertionError(f"stat of {path} while counting")
+    return _real_stat(path, **kw)  # type: ignore[arg-type]
+
+
+def test_cli_status_all_json_and_watch(tmp_path: Path) -> None:
+    spool = spool_with_history(tmp_path / "spool", done=25, failed=0)
+    config = tmp_path / "spoold.yaml"
+    config.write_text(yaml.safe_dump({"spool_dir": str(spool.root)}))
+    base = [sys.executable, "-m", "spoold", "status", "--config", str(config)]
+    plain = subprocess.run(base, capture_output=True, text=True, env=child_env(), timeout=60)
+    assert plain.returncode == 0 and "25 done" in plain.stdout and "d000" not in plain.stdout and "d024" in plain.stdout
+    every = subprocess.run([*base, "--all", "--json"], capture_output=True, text=True, env=child_env(), timeout=60)
+    assert len(json.loads(every.stdout)) == 27
+
+    watch = subprocess.Popen([*base, "--watch", "--json"], stdout=subprocess.PIPE, text=True, env=child_env())
+    assert watch.stdout is not None
+    first = json.loads(watch.stdout.readline())
+    make_job(spool.root, "arrived")  # a job finishes between two refreshes
+    second = json.loads(watch.stdout.readline())
+    watch.send_signal(signal.SIGINT)
+    assert watch.wait(timeout=30) == 0  # Ctrl-C is how --watch ends
+    assert "arrived" not in {r["name"] for r in first} and "arrived" in {r["name"] for r in second}
