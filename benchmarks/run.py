@@ -6,6 +6,9 @@
 2. The pipeline without inference (echo backend): lines/s and the daemon's
    peak memory, and what checkpoint frequency costs.
 3. The validating pass: lines/s and peak memory on a large file.
+4. History (`history.py`): daemon start, idle CPU and `spoold status` with
+   0, 10,000 and 100,000 finished jobs. `python benchmarks/run.py history`
+   runs only this one and rewrites only its section of results.md.
 
 Every number is measured on this machine when the script runs.
 """
@@ -134,7 +137,14 @@ def main() -> int:
     parser.add_argument("--echo-lines", type=int, default=200_000)
     parser.add_argument("--validate-lines", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
+    parser.add_argument("suite", nargs="?", choices=["all", "history"], default="all", help="history: only the history benchmark")
+    parser.add_argument("--history-sizes", default="0,10000,100000", help="finished-job counts for the history benchmark")
+    parser.add_argument("--before", type=Path, help="history: also measure this other spoold checkout (before/after)")
     args = parser.parse_args()
+    history_sizes = tuple(int(n) for n in args.history_sizes.split(","))
+    if args.suite == "history":
+        run_history(args.out, history_sizes, args.before)
+        return 0
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from spoold.tinymodel import ensure_builtin
 
@@ -182,8 +192,16 @@ def main() -> int:
         "Peak RSS is the daemon process's own (vLLM's engine core runs in a separate process).",
     ]
     args.out.write_text("\n".join(head + rows) + "\n")
-    print(args.out.read_text())
+    run_history(args.out, history_sizes, args.before)
     return 0
+
+
+def run_history(out: Path, sizes: tuple[int, ...], before: Path | None) -> None:
+    sys.path.insert(0, str(HERE))
+    from history import replace_section, section
+
+    replace_section(out, section(ROOT, before, sizes))
+    print(out.read_text())
 
 
 if __name__ == "__main__":

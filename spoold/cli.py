@@ -65,9 +65,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     spool = _spool(args, config)
+    cache = status.RecentCache()
 
     def frame() -> str:
-        rows = status.collect(spool, config.engine.default_model, args.name, show_all=args.all)
+        rows = status.collect(spool, config.engine.default_model, args.name, show_all=args.all, cache=cache)
         if args.name and not rows:
             raise SpooldError(f"no job named {args.name!r} in {spool.root}")
         if args.json:

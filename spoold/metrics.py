@@ -27,7 +27,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from spoold.census import count_spool
+from spoold.census import SpoolCensus, count_spool
 from spoold.errors import ConfigError, SpooldError
 
 __all__ = ["Metrics", "count_spool", "effective_listen", "format_listen", "parse_listen"]
@@ -104,6 +104,7 @@ class Metrics:
             self._pruned.labels(state)
         self._models: set[str] = set()
         self._spool_error: str | None = None
+        self._census = SpoolCensus()
         self._server: WSGIServer | None = None
         self._listen = ""
         self._thread: Thread | None = None
@@ -173,7 +174,7 @@ class Metrics:
     def update_spool(self, spool_dir: Path) -> bool:
         """Count the spool and set the gauges; an unreadable spool keeps the old values."""
         try:
-            counts, oldest = count_spool(spool_dir)
+            counts, oldest = self._census.count(spool_dir)
         except OSError as exc:
             reason = f"cannot count jobs in {spool_dir}: {exc.strerror or exc}"
             if reason != self._spool_error:  # once per distinct problem, not every refresh

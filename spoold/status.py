@@ -13,7 +13,7 @@ from spoold import lease as leases
 from spoold.errors import SidecarError
 from spoold.fsutil import mtime_or_now, read_json
 from spoold.jobdir import JobDir
-from spoold.census import count_spool
+from spoold.census import SETTLE_NS, count_spool
 from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX, is_ignored
 from spoold.sidecar import parse_sidecar
 from spoold.spool import Spool
@@ -23,13 +23,35 @@ RECENT_SHOWN = 20
 """Finished jobs shown per folder (done/, failed/) by default: the most recently changed."""
 
 
+class RecentCache:
+    """For --watch: a finished folder whose (inode, mtime) did not change keeps its recent names."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[tuple[int, int], list[str]]] = {}
+
+    def recent(self, folder: Path, count: int) -> list[str]:
+        try:
+            st = os.stat(folder)
+        except FileNotFoundError:
+            return []
+        key = (st.st_ino, st.st_mtime_ns)
+        known = self._known.get(folder)
+        if known is not None and known[0] == key and time.time_ns() - st.st_mtime_ns > SETTLE_NS:
+            return known[1]
+        names = _recent(folder, count)
+        self._known[folder] = (key, names)
+        return names
+
+
 def collect(
-    spool: Spool, default_model: str, name: str | None = None, now: float | None = None, *, show_all: bool = False
+    spool: Spool, default_model: str, name: str | None = None, now: float | None = None, *,
+    show_all: bool = False, cache: RecentCache | None = None,
 ) -> list[dict[str, Any]]:
     """Rows for every active job (inbox, processing) and the recent finished ones (`show_all`: every one).
 
     Only the finished jobs shown are read; choosing the recent ones costs one
-    listing and a stat per finished job, never a read of each.
+    listing and a stat per finished job (with `cache`, only when the folder
+    changed), never a read of each.
     """
     now = time.time() if now is None else now
     if name is not None:
@@ -38,7 +60,10 @@ def collect(
     rows.extend(_job_row(job, JobState.PROCESSING, now) for job in spool.jobs(JobState.PROCESSING))
     for state in (JobState.DONE, JobState.FAILED):
         folder = spool.dir(state)
-        names = sorted(_names(folder)) if show_all else _recent(folder, RECENT_SHOWN)
+        if show_all:
+            names = sorted(_names(folder))
+        else:
+            names = cache.recent(folder, RECENT_SHOWN) if cache else _recent(folder, RECENT_SHOWN)
         rows.extend(_job_row(JobDir(folder / n), state, now) for n in names)
     return rows
 

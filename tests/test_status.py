@@ -104,3 +104,28 @@ def test_cli_status_all_json_and_watch(tmp_path: Path) -> None:
     watch.send_signal(signal.SIGINT)
     assert watch.wait(timeout=30) == 0  # Ctrl-C is how --watch ends
     assert "arrived" not in {r["name"] for r in first} and "arrived" in {r["name"] for r in second}
+
+
+def test_the_daemons_census_lists_a_folder_again_only_when_it_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import spoold.census as census_module
+
+    spool = spool_with_history(tmp_path, done=50, failed=1)
+    past = time.time() - 60
+    for state in ("processing", "done", "failed"):
+        os.utime(tmp_path / state, (past, past))
+    listed: list[str] = []
+    real = census_module._entries
+    monkeypatch.setattr(census_module, "_entries", lambda folder: listed.append(Path(folder).name) or real(folder))
+    census = census_module.SpoolCensus()
+    expected = {"inbox": 1, "processing": 1, "done": 50, "failed": 1}
+    assert census.count(spool.root)[0] == expected
+    assert sorted(listed) == ["done", "failed", "inbox", "processing"]
+    listed.clear()
+    assert census.count(spool.root)[0] == expected
+    assert listed == ["inbox"]  # the queue is always looked at; the unchanged history is not listed again
+
+    os.rename(tmp_path / "done" / "d000", tmp_path / "failed" / "d000")  # e.g. a requeue and a new failure
+    assert census.count(spool.root)[0] == {**expected, "done": 49, "failed": 2}
+    (tmp_path / "done" / "new").mkdir()
+    assert census.count(spool.root)[0] == {**expected, "done": 50, "failed": 2}
+    assert census.count(spool.root)[0] == count_spool(spool.root)[0]
