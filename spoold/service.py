@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from spoold import __version__
+from spoold import __version__, recent
 from spoold.config import Config
 from spoold.finish import FinishHooks
 from spoold.gpu import GpuMonitor, gpu_health
@@ -163,3 +163,4 @@ class Service:
         """Handler runs are planned on disk before a finished job leaves processing/, and started after."""
         hooks.before_move.append(lambda job, batch, selected: self.handlers.plan_runs(job.path, batch, selected))
         hooks.after_move.append(lambda job, batch, selected: self.handlers.job_finished(job.path, batch, selected))
+        hooks.after_move.append(lambda job, batch, selected: recent.note(job.path))  # for `spoold status`

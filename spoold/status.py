@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from spoold import lease as leases
+from spoold import recent
 from spoold.errors import SidecarError
 from spoold.fsutil import mtime_or_now, read_json
 from spoold.jobdir import JobDir
-from spoold.census import SETTLE_NS, count_spool
+from spoold.census import SETTLE_NS, count_folder, count_spool
 from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX, is_ignored
 from spoold.sidecar import parse_sidecar
 from spoold.spool import Spool
@@ -49,9 +50,10 @@ def collect(
 ) -> list[dict[str, Any]]:
     """Rows for every active job (inbox, processing) and the recent finished ones (`show_all`: every one).
 
-    Only the finished jobs shown are read; choosing the recent ones costs one
-    listing and a stat per finished job (with `cache`, only when the folder
-    changed), never a read of each.
+    Only the finished jobs shown are read. The recent ones come from the notes
+    `recent.note` leaves as jobs finish; without enough notes, from one stat
+    per finished job (with `cache`, only when the folder changed), never a
+    read of each.
     """
     now = time.time() if now is None else now
     if name is not None:
@@ -63,7 +65,10 @@ def collect(
         if show_all:
             names = sorted(_names(folder))
         else:
-            names = cache.recent(folder, RECENT_SHOWN) if cache else _recent(folder, RECENT_SHOWN)
+            names = recent.recent(spool.root, state.value, RECENT_SHOWN)  # noted as they finished: no scan
+            if len(names) < RECENT_SHOWN and len(names) < count_folder(folder):
+                # Too few notes (a spool from an older spoold, requeues): one stat per finished job.
+                names = cache.recent(folder, RECENT_SHOWN) if cache else _recent(folder, RECENT_SHOWN)
         rows.extend(_job_row(JobDir(folder / n), state, now) for n in names)
     return rows
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,18 +115,69 @@ def test_the_daemons_census_lists_a_folder_again_only_when_it_changed(tmp_path: 
     for state in ("processing", "done", "failed"):
         os.utime(tmp_path / state, (past, past))
     listed: list[str] = []
-    real = census_module._entries
-    monkeypatch.setattr(census_module, "_entries", lambda folder: listed.append(Path(folder).name) or real(folder))
+    real = census_module.count_folder
+    monkeypatch.setattr(census_module, "count_folder", lambda folder: listed.append(Path(folder).name) or real(folder))
     census = census_module.SpoolCensus()
     expected = {"inbox": 1, "processing": 1, "done": 50, "failed": 1}
     assert census.count(spool.root)[0] == expected
-    assert sorted(listed) == ["done", "failed", "inbox", "processing"]
+    assert sorted(listed) == ["done", "failed", "processing"]
     listed.clear()
     assert census.count(spool.root)[0] == expected
-    assert listed == ["inbox"]  # the queue is always looked at; the unchanged history is not listed again
+    assert listed == []  # the unchanged history is not listed again (the inbox, the queue, always is)
 
     os.rename(tmp_path / "done" / "d000", tmp_path / "failed" / "d000")  # e.g. a requeue and a new failure
     assert census.count(spool.root)[0] == {**expected, "done": 49, "failed": 2}
     (tmp_path / "done" / "new").mkdir()
     assert census.count(spool.root)[0] == {**expected, "done": 50, "failed": 2}
     assert census.count(spool.root)[0] == count_spool(spool.root)[0]
+
+
+def test_recent_jobs_come_from_the_notes_left_as_jobs_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spoold import recent
+
+    spool = spool_with_history(tmp_path, done=40, failed=2)
+    for i in (5, 7, 9):  # finished after the rest (e.g. the only ones since an upgrade) ...
+        recent.note(tmp_path / "done" / f"d{i:03d}")
+    assert len(recent.recent(tmp_path, "done", RECENT_SHOWN)) == 3  # ... too few notes: status falls back to a scan
+    assert [r["name"] for r in collect(spool, "m") if r["state"] == "done"][:3] == ["d039", "d038", "d037"]
+
+    for i in range(40):
+        recent.note(tmp_path / "done" / f"d{(i * 7) % 40:03d}")  # the order they finished in
+    recent.note(tmp_path / "failed" / "f001")
+    recent.note(tmp_path / "failed" / "f000")
+
+    def no_scan(*args: object) -> list[str]:
+        raise AssertionError("scanned every finished job although the notes name enough")
+
+    monkeypatch.setattr(status_module, "_recent", no_scan)
+    shown = collect(spool, "m")
+    expected = [f"d{(i * 7) % 40:03d}" for i in range(39, 39 - RECENT_SHOWN, -1)]
+    assert [r["name"] for r in shown if r["state"] == "done"] == expected
+    # failed/ holds 2 jobs, both noted: shown without a scan, newest first.
+    assert [r["name"] for r in shown if r["state"] == "failed"] == ["f000", "f001"]
+
+    shutil.rmtree(tmp_path / "done" / expected[0])  # pruned or requeued: skipped
+    assert expected[0] not in {r["name"] for r in collect(spool, "m")}
+
+
+def test_notes_are_trimmed_per_state(tmp_path: Path) -> None:
+    from spoold import recent
+
+    spool_with_history(tmp_path, done=1, failed=1)
+    for _ in range(2 * recent.KEEP + 1):
+        recent.note(tmp_path / "done" / "d000")
+    recent.note(tmp_path / "failed" / "f000")
+    notes = os.listdir(tmp_path / recent.RECENT_DIR)
+    assert sum("-done-" in n for n in notes) == recent.KEEP and sum("-failed-" in n for n in notes) == 1
+
+
+def test_the_daemon_notes_finished_jobs_for_status(tmp_path: Path) -> None:
+    from spoold_helpers import SpooldProcess, chat_line, drop_job
+
+    with SpooldProcess(tmp_path) as d:
+        d.start()
+        drop_job(d.inbox, "fresh", [chat_line("a", "hi")], {})
+        d.wait_finished("fresh")
+        wait_for_note = [n for n in os.listdir(d.spool / ".spoold" / "recent") if n.endswith("-done-fresh")]
+        assert wait_for_note
+        assert d.stop() == 0
