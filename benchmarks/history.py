@@ -29,7 +29,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SIZES = (0, 10_000, 100_000)
-IDLE_WINDOW = 20.0
+IDLE_WINDOW = 30.0
 RUNS = 3
 RESCAN_EVERY = 300.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -102,7 +102,7 @@ def start_and_idle(config: Path, env: dict[str, str], idle: bool) -> tuple[float
     """Seconds from exec to "spoold ready"; then CPU seconds per minute over an idle window."""
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(config)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=config.parent)  # fmt: skip
     assert proc.stderr is not None
     for line in proc.stderr:
         if "spoold ready" in line:
@@ -127,7 +127,7 @@ def rescan_seconds(spool: Path, env: dict[str, str]) -> float:
         "import sys, time; from spoold.handler_runs import HandlerDispatcher\n"
         "d = HandlerDispatcher([], 'bench'); t = time.process_time(); d.resume(sys.argv[1]); print(time.process_time() - t)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(spool)], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", code, str(spool)], capture_output=True, text=True, env=env, check=True, cwd=spool.parent)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -139,7 +139,8 @@ def status_seconds(config: Path, env: dict[str, str], notes: bool = True) -> flo
     times = []
     for _ in range(RUNS):
         started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "spoold", "status", "--config", str(config)], check=True, stdout=subprocess.DEVNULL, env=env)
+        subprocess.run([sys.executable, "-m", "spoold", "status", "--config", str(config)], check=True, stdout=subprocess.DEVNULL, env=env,
+                       cwd=config.parent)  # not the repo: `-m`/`-c` put the cwd first on sys.path  # fmt: skip
         times.append(time.monotonic() - started)
     if not notes:
         folder.with_name("recent.off").rename(folder)
@@ -172,8 +173,14 @@ def measure(src: Path, sizes: tuple[int, ...] = SIZES) -> list[dict[str, float]]
     return results
 
 
+def ratio(value: float, base: float, floor: float) -> str:
+    """value/base, or "-" when the base is below what the measurement resolves."""
+    return f"{value / base:.2f}" if base >= floor else "-"
+
+
 def table(results: list[dict[str, float]], label: str) -> list[str]:
     base = results[0]
+    tick = 60.0 / IDLE_WINDOW / CLK_TCK  # one clock tick in the idle window, per minute
     rows = [
         f"\n### {label}\n",
         "| finished jobs | daemon start s | x empty | idle CPU s/min | x empty | `spoold status` s | x empty | first start s (indexing) | status s, no notes |",
@@ -182,7 +189,7 @@ def table(results: list[dict[str, float]], label: str) -> list[str]:
     for r in results:
         rows.append(
             f"| {r['jobs']:,} | {r['start_s']:.2f} | {r['start_s'] / base['start_s']:.2f} | {r['idle_cpu_per_min_s']:.3f} | "
-            f"{r['idle_cpu_per_min_s'] / max(base['idle_cpu_per_min_s'], 1e-9):.2f} | {r['status_s']:.2f} | "
+            f"{ratio(r['idle_cpu_per_min_s'], base['idle_cpu_per_min_s'], 3 * tick)} | {r['status_s']:.2f} | "
             f"{r['status_s'] / base['status_s']:.2f} | {r['first_start_s']:.2f} | {r['status_no_notes_s']:.2f} |"
         )
     return rows
@@ -192,7 +199,8 @@ def section(src: Path, before: Path | None = None, sizes: tuple[int, ...] = SIZE
     rows = [
         "\n## History: start, idle CPU and `spoold status` against finished jobs in done/ (echo backend, local disk)\n",
         f"Median of {RUNS} starts and {RUNS} `spoold status` runs; idle CPU is measured over {IDLE_WINDOW:.0f} s after start-up "
-        f"settles, plus one handler rescan (every {RESCAN_EVERY:.0f} s) amortised per minute. Ratios are to the empty spool. "
+        f"settles (resolution {60.0 / IDLE_WINDOW / CLK_TCK:.3f} s/min, one clock tick; no ratio where the empty spool's is below three ticks), "
+        f"plus one handler rescan (every {RESCAN_EVERY:.0f} s) amortised per minute. Ratios are to the empty spool. "
         "The first start of a spool without the pending-runs index scans every finished job once to build it (column 'first start'). "
         "`spoold status` finds recent jobs from notes the daemon leaves as jobs finish (the synthetic spools have them for their last "
         "100 jobs); the last column is a spool without them (made by an older spoold): one stat per finished job.",
