@@ -59,7 +59,7 @@ def collect(
     if name is not None:
         return _named(spool, name, default_model, now)
     rows = [_inbox_row(spool, e.name, e.yaml is not None, default_model, now) for e in spool.scan_inbox() if e.jsonl]
-    rows.extend(_job_row(job, JobState.PROCESSING, now) for job in spool.jobs(JobState.PROCESSING))
+    rows.extend(row for job in spool.jobs(JobState.PROCESSING) if (row := _job_row(job, JobState.PROCESSING, now)) is not None)
     for state in (JobState.DONE, JobState.FAILED):
         folder = spool.dir(state)
         if show_all:
@@ -69,7 +69,9 @@ def collect(
             if len(names) < RECENT_SHOWN and len(names) < count_folder(folder):
                 # Too few notes (a spool from an older spoold, requeues): one stat per finished job.
                 names = cache.recent(folder, RECENT_SHOWN) if cache else _recent(folder, RECENT_SHOWN)
-        rows.extend(_job_row(JobDir(folder / n), state, now) for n in names)
+        for n in names:
+            if (row := _job_row(JobDir(folder / n), state, now)) is not None:
+                rows.append(row)
     return rows
 
 
@@ -81,7 +83,8 @@ def _named(spool: Spool, name: str, default_model: str, now: float) -> list[dict
     if state is JobState.INBOX:
         entry = next((e for e in spool.scan_inbox() if e.name == name), None)
         return [_inbox_row(spool, name, entry is not None and entry.yaml is not None, default_model, now)]
-    return [_job_row(JobDir(path), state, now)]
+    row = _job_row(JobDir(path), state, now)
+    return [row] if row is not None else []
 
 
 def _names(folder: Path) -> list[str]:
@@ -161,9 +164,14 @@ def _inbox_row(spool: Spool, name: str, has_sidecar: bool, default_model: str, n
     return _row(name, "inbox", status, model, 0, None, None, age, None)
 
 
-def _job_row(job: JobDir, state: JobState, now: float) -> dict[str, Any]:
+def _job_row(job: JobDir, state: JobState, now: float) -> dict[str, Any] | None:
+    """None if the job left its folder while we looked (finished, pruned, requeued)."""
     try:
         batch = read_json(job.batch)
+    except FileNotFoundError:
+        if not job.path.is_dir():
+            return None
+        batch = {}
     except (OSError, ValueError):
         batch = {}
     counts = batch.get("request_counts") or {}

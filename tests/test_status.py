@@ -181,3 +181,14 @@ def test_the_daemon_notes_finished_jobs_for_status(tmp_path: Path) -> None:
         wait_for_note = [n for n in os.listdir(d.spool / ".spoold" / "recent") if n.endswith("-done-fresh")]
         assert wait_for_note
         assert d.stop() == 0
+
+
+def test_a_job_that_leaves_while_status_looks_is_not_shown_half(tmp_path: Path) -> None:
+    from spoold.jobdir import JobDir
+    from spoold.states import JobState
+
+    spool_with_history(tmp_path, done=1, failed=0)
+    assert status_module._job_row(JobDir(tmp_path / "done" / "pruned-meanwhile"), JobState.DONE, time.time()) is None
+    (tmp_path / "done" / "no-batch-yet").mkdir()
+    row = status_module._job_row(JobDir(tmp_path / "done" / "no-batch-yet"), JobState.DONE, time.time())
+    assert row is not None and row["name"] == "no-batch-yet"
