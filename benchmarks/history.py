@@ -183,7 +183,7 @@ def table(results: list[dict[str, float]], label: str) -> list[str]:
     tick = 60.0 / IDLE_WINDOW / CLK_TCK  # one clock tick in the idle window, per minute
     rows = [
         f"\n### {label}\n",
-        "| finished jobs | daemon start s | x empty | idle CPU s/min | x empty | `spoold status` s | x empty | first start s (indexing) | status s, no notes |",
+        "| finished jobs | daemon start s | x empty | idle CPU s/min | x empty | `spoold status` s | x empty | first start s (index built meanwhile) | status s, no notes |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -201,7 +201,8 @@ def section(src: Path, before: Path | None = None, sizes: tuple[int, ...] = SIZE
         f"Median of {RUNS} starts and {RUNS} `spoold status` runs; idle CPU is measured over {IDLE_WINDOW:.0f} s after start-up "
         f"settles (resolution {60.0 / IDLE_WINDOW / CLK_TCK:.3f} s/min, one clock tick; no ratio where the empty spool's is below three ticks), "
         f"plus one handler rescan (every {RESCAN_EVERY:.0f} s) amortised per minute. Ratios are to the empty spool. "
-        "The first start of a spool without the pending-runs index scans every finished job once to build it (column 'first start'). "
+        "The first start of a spool without the pending-runs index scans every finished job once to build it, in a thread after READY "
+        "(column 'first start': the time to READY of that start). "
         "`spoold status` finds recent jobs from notes the daemon leaves as jobs finish (the synthetic spools have them for their last "
         "100 jobs); the last column is a spool without them (made by an older spoold): one stat per finished job.",
     ]

@@ -78,7 +78,7 @@ class Service:
         self.metrics.update_spool(spool.root)
         self.metrics.handlers_configured(h.name for h in self.config.handlers)
         self.handlers.start()
-        self.handlers.resume(spool.root)
+        self._start_rescan(spool)  # off the start path: indexing an older spool's history once can take minutes
 
     def ready(self) -> None:
         self.notifier.ready("idle: waiting for jobs")
@@ -92,7 +92,7 @@ class Service:
         self.metrics.relisten(effective_listen(config.metrics.listen))
         setup_logging(config.logging.level, config.logging.format)
         self.config = config
-        self.handlers.resume(spool.root)
+        self._start_rescan(spool)
         self.metrics.handlers_configured(h.name for h in config.handlers)
 
     def stopping(self) -> None:
@@ -126,9 +126,7 @@ class Service:
         now = time.monotonic()
         if now - self._last_handler_scan >= HANDLER_RESCAN_SECONDS and not self._rescan_running():
             self._last_handler_scan = now
-            # Off the work loop: on a large NFS spool the scan could outlast the watchdog.
-            self._rescan = threading.Thread(target=self.handlers.resume, args=(spool.root,), name="handler-rescan", daemon=True)
-            self._rescan.start()
+            self._start_rescan(spool)
         self.pruner.maybe_start(spool.root, self.config.retention, now)
         if now - self._last_refresh < SPOOL_REFRESH_SECONDS:
             return
@@ -146,6 +144,11 @@ class Service:
             else:
                 log.info("GPU healthy again; taking jobs")
         self.paused_reason = paused
+
+    def _start_rescan(self, spool: Spool) -> None:
+        # Off the work loop: on a large NFS spool the scan could outlast the watchdog.
+        self._rescan = threading.Thread(target=self.handlers.resume, args=(spool.root,), name="handler-rescan", daemon=True)
+        self._rescan.start()
 
     def _rescan_running(self) -> bool:
         return self._rescan is not None and self._rescan.is_alive()
