@@ -140,10 +140,12 @@ def main() -> int:
     parser.add_argument("suite", nargs="?", choices=["all", "history"], default="all", help="history: only the history benchmark")
     parser.add_argument("--history-sizes", default="0,10000,100000", help="finished-job counts for the history benchmark")
     parser.add_argument("--before", type=Path, help="history: also measure this other spoold checkout (before/after)")
+    parser.add_argument("--before-sizes", default="0,10000", help="finished-job counts for --before")
     args = parser.parse_args()
     history_sizes = tuple(int(n) for n in args.history_sizes.split(","))
+    before_sizes = tuple(int(n) for n in args.before_sizes.split(","))
     if args.suite == "history":
-        run_history(args.out, history_sizes, args.before)
+        run_history(args.out, history_sizes, args.before, before_sizes)
         return 0
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from spoold.tinymodel import ensure_builtin
@@ -192,15 +194,15 @@ def main() -> int:
         "Peak RSS is the daemon process's own (vLLM's engine core runs in a separate process).",
     ]
     args.out.write_text("\n".join(head + rows) + "\n")
-    run_history(args.out, history_sizes, args.before)
+    run_history(args.out, history_sizes, args.before, before_sizes)
     return 0
 
 
-def run_history(out: Path, sizes: tuple[int, ...], before: Path | None) -> None:
+def run_history(out: Path, sizes: tuple[int, ...], before: Path | None, before_sizes: tuple[int, ...]) -> None:
     sys.path.insert(0, str(HERE))
     from history import replace_section, section
 
-    replace_section(out, section(ROOT, before, sizes))
+    replace_section(out, section(ROOT, before, sizes, before_sizes))
     print(out.read_text())
 
 
