@@ -208,6 +208,7 @@ def table(results: list[dict[str, float]], label: str) -> list[str]:
 def section(src: Path, before: Path | None = None, sizes: tuple[int, ...] = SIZES, before_sizes: tuple[int, ...] = SIZES[:2]) -> list[str]:
     rows = [
         "\n## History: start, idle CPU and `spoold status` against finished jobs in done/ (echo backend, local disk)\n",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores (shared with other work). "
         f"Median of {RUNS} starts and {RUNS} `spoold status` runs; idle CPU is measured over {IDLE_WINDOW:.0f} s after start-up "
         f"settles (resolution {60.0 / IDLE_WINDOW / CLK_TCK:.3f} s/min, one clock tick; no ratio where the empty spool's is below three ticks), "
         f"plus one handler rescan (every {RESCAN_EVERY:.0f} s) amortised per minute. Ratios are to the empty spool. "
