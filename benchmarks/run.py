@@ -8,8 +8,13 @@
 3. The validating pass: lines/s and peak memory on a large file.
 4. Embeddings on the tiny-embed model: spoold (daemon, checkpoints every chunk)
    against one in-process LLM.embed over the whole list, as a ratio.
+5. History (`history.py`): daemon start, idle CPU and `spoold status` with
+   0, 10,000 and 100,000 finished jobs. `python benchmarks/run.py history`
+   runs only this one and rewrites only its section of results.md.
+6. The core loop (`core_loop.py`, its own file `core_loop.md`): one engine fed by
+   many jobs, pickup latency, memory, a deep inbox. `python benchmarks/core_loop.py`.
 
-`--only SECTION` runs one section and replaces just that section in results.md.
+`--only embeddings` / `history` run one section and replace just that section in results.md.
 
 Every number is measured on this machine when the script runs.
 """
@@ -194,7 +199,16 @@ def main() -> int:
     parser.add_argument("--embed-requests", type=int, default=4096, help="embeddings lines for the LLM.embed comparison")
     parser.add_argument("--only", choices=["embeddings"], help="run one section; the others in --out are kept")
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
+    parser.add_argument("suite", nargs="?", choices=["all", "history"], default="all", help="history: only the history benchmark")
+    parser.add_argument("--history-sizes", default="0,10000,100000", help="finished-job counts for the history benchmark")
+    parser.add_argument("--before", type=Path, help="history: also measure this other spoold checkout (before/after)")
+    parser.add_argument("--before-sizes", default="0,10000", help="finished-job counts for --before")
     args = parser.parse_args()
+    history_sizes = tuple(int(n) for n in args.history_sizes.split(","))
+    before_sizes = tuple(int(n) for n in args.before_sizes.split(","))
+    if args.suite == "history":
+        run_history(args.out, history_sizes, args.before, before_sizes)
+        return 0
     if args.only == "embeddings":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         with tempfile.TemporaryDirectory(prefix="spoold-bench-") as tmp:
@@ -252,8 +266,16 @@ def main() -> int:
         "Peak RSS is the daemon process's own (vLLM's engine core runs in a separate process).",
     ]
     args.out.write_text("\n".join(head + rows) + "\n")
-    print(args.out.read_text())
+    run_history(args.out, history_sizes, args.before, before_sizes)
     return 0
+
+
+def run_history(out: Path, sizes: tuple[int, ...], before: Path | None, before_sizes: tuple[int, ...]) -> None:
+    sys.path.insert(0, str(HERE))
+    from history import replace_section, section
+
+    replace_section(out, section(ROOT, before, sizes, before_sizes))
+    print(out.read_text())
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from spoold.fsutil import atomic_write_json, read_json
+from spoold.handlers import pending
 from spoold.handlers.config import AnyHandlerConfig
 
 STATE_DIR = ".spoold"
@@ -127,12 +128,14 @@ def plan_runs(
     final status they are returned unchanged: planning twice never adds or
     repeats a run. (Records for another id or status are from an earlier life
     of the job, e.g. before a requeue, and are replaced.) Touches only
-    `.spoold/handlers.json`. Raises OSError, or ValueError for a corrupt record.
+    `.spoold/handlers.json` and, while runs are open, the job's marker in the
+    spool's pending-runs index. Raises OSError, or ValueError for a corrupt record.
     """
     status = str(batch.get("status", ""))
     batch_id = str(batch.get("id") or Path(job_dir).name)
     existing = load_runs(job_dir)
     if existing is not None and existing.batch_id == batch_id and existing.status == status:
+        pending.mark(job_dir, existing)  # again: the index may have been lost meanwhile
         return existing
     planned_at = time.time() if now is None else now
     runs = JobRuns(
@@ -143,4 +146,5 @@ def plan_runs(
         runs={name: RunRecord(next_attempt_at=planned_at) for name in select_handlers(status, selected, configs)},
     )
     save_runs(job_dir, runs)
+    pending.mark(job_dir, runs)
     return runs

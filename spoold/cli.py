@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -84,16 +85,39 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 130
 
 
+WATCH_SECONDS = 2.0
+CLEAR_SCREEN = "\033[H\033[J"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
     from spoold import status
 
     config = load_config(args.config)
     spool = _spool(args, config)
-    rows = status.collect(spool, config.engine.default_model, args.name)
-    if args.name and not rows:
-        raise SpooldError(f"no job named {args.name!r} in {spool.root}")
-    print(status.to_json(rows) if args.json else status.render(rows, spool))
-    return 0
+    cache = status.RecentCache()
+
+    def frame() -> str:
+        rows = status.collect(spool, config.engine.default_model, args.name, show_all=args.all, cache=cache)
+        if args.name and not rows:
+            raise SpooldError(f"no job named {args.name!r} in {spool.root}")
+        if args.json:
+            return status.to_json(rows) if not args.watch else json.dumps(rows)  # --watch: one line per refresh
+        return status.render(rows, spool, None if args.name else status.count_jobs(spool), shown_all=args.all)
+
+    if not args.watch:
+        print(frame())
+        return 0
+    in_place = sys.stdout.isatty() and not args.json
+    try:
+        while True:
+            text = frame()
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{CLEAR_SCREEN}{text}\n(refreshed {stamp}; Ctrl-C to quit)" if in_place else text, flush=True)
+            time.sleep(WATCH_SECONDS)
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -140,6 +164,37 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from spoold.prune import Removed, prune
+
+    config = load_config(args.config)
+    spool = _spool(args, config)
+    problem = spool.check()
+    if problem:
+        raise SpooldError(problem)
+    retention = config.retention
+    if not retention.enabled:
+        print("retention.done and retention.failed are both null (keep forever): nothing to prune")
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+
+    def show(removed: Removed) -> None:  # as it happens: a long pass shows progress, and a kill loses no output
+        where = f" -> {removed.archived_to}" if removed.archived_to else ""
+        print(f"{verb} {removed.due.state}/{removed.due.name}{where}", flush=True)
+
+    report = prune(spool.root, retention, f"{config.node}:cli", dry_run=args.dry_run, on_removed=show)
+    if args.dry_run:
+        for removed in report.removed:
+            show(removed)
+    for due in report.kept_pending:
+        print(f"kept {due.state}/{due.name}: its handler runs are still pending")
+    for error in report.errors:
+        print(f"error: {error}", file=sys.stderr)
+    recovered = f", finished {report.recovered} interrupted" if report.recovered else ""
+    print(f"{verb} {len(report.removed)} job(s){recovered}; {len(report.kept_pending)} kept for pending handler runs")
+    return 1 if report.errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spoold", description="A directory that is a batch LLM inference queue.")
     parser.add_argument("--version", action="version", version=f"spoold {__version__}")
@@ -162,9 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="job name (default: the file's stem)")
     p.add_argument("--sidecar", help="sidecar YAML to start from (default: FILE.yaml beside the input, if any)")
     p.add_argument("--wait", action="store_true", help="show progress until the job ends; exit 0 only if it completed")
-    p = add("status", cmd_status, "queue and progress, per job")
+    p = add("status", cmd_status, "queue and progress, per job: active and recent jobs")
     p.add_argument("name", nargs="?", help="show only this job")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="every finished job, not only the recent ones")
+    p.add_argument("--watch", action="store_true", help=f"refresh in place every {WATCH_SECONDS:g} s until Ctrl-C")
     p = add("validate", cmd_validate, "check a job offline; exits non-zero on fatal problems", spool=False)
     p.add_argument("file", help="the FILE.jsonl to check")
     p.add_argument("sidecar", nargs="?", help="its sidecar (default: FILE.yaml beside it, if any)")
@@ -177,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p = add("init", cmd_init, "create the spool layout, shared with the spool's group; report wrong modes")
     p.add_argument("--fix", action="store_true", help="also fix the modes and groups of existing folders")
+    p = add("prune", cmd_prune, "apply the retention policy now (retention: in the config)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed; change nothing")
     return parser
 
 

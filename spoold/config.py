@@ -71,6 +71,22 @@ class HealthConfig(Strict):
     max_gpu_temperature: float | None = None
 
 
+class RetentionConfig(Strict):
+    """How long finished jobs stay (SPEC section 7); null keeps them forever."""
+
+    done: Seconds | None = Field(None, ge=0)
+    failed: Seconds | None = Field(None, ge=0)
+    archive_dir: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.done is not None or self.failed is not None
+
+    def keep(self, state: str) -> float | None:
+        """Seconds a job in done/ or failed/ stays after it ended; None: forever."""
+        return {"done": self.done, "failed": self.failed}[state]
+
+
 class Config(Strict):
     spool_dir: Path = Path("/var/spool/spoold")
     node_id: str | None = None
@@ -79,6 +95,7 @@ class Config(Strict):
     chunk_size: int = Field(1000, ge=1)
     max_line_bytes: int = Field(MAX_LINE_BYTES, ge=1024)
     """A longer input line is that line's error (line_too_long), skipped without being read whole."""
+    retention: RetentionConfig = RetentionConfig()
     lease_seconds: Seconds = Field(60.0, gt=0)
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

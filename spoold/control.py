@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+from spoold import recent
 from spoold.claim import claim
 from spoold.errors import NoSuchJob, SidecarError, SpooldError
 from spoold.finish import FinishHooks, JobEnd, finish_job
@@ -71,7 +72,10 @@ def cancel(spool: Spool, name: str, node: str, handlers: list[AnyHandlerConfig] 
         raise SpooldError(f"job {name} was just claimed by a daemon; run `spoold cancel {name}` again to stop it")
     record = job.load_record()
     sidecar = _sidecar_or_default(job)
-    hooks = FinishHooks(before_move=[lambda job, batch, selected: plan_runs(job.path, batch, selected, handlers or [], node=node)])
+    hooks = FinishHooks(
+        before_move=[lambda job, batch, selected: plan_runs(job.path, batch, selected, handlers or [], node=node)],
+        after_move=[lambda job, batch, selected: recent.note(job.path)],
+    )
     final, _ = finish_job(
         spool.root, job, record, JobEnd("cancelled"), node=f"{node}:cli", model=sidecar.model,
         metadata=sidecar.metadata, handlers=sidecar.handlers, checkpoint=None, validation=None, chunk_size=None,

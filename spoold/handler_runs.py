@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from spoold.fsutil import read_json
-from spoold.handlers import records
+from spoold.handlers import pending, records
 from spoold.handlers.base import Handler, HandlerError, HandlerEvent
 from spoold.handlers.config import AnyHandlerConfig
 from spoold.handlers.records import JobRuns, load_runs, plan_runs, publish_in_batch, save_runs
@@ -39,7 +39,6 @@ log = logging.getLogger("spoold.handlers")
 OnOutcome = Callable[[str, str], None]
 """Called as on_outcome(handler_name, "ok" | "failed") once per run, when it ends."""
 
-FINISHED_FOLDERS = ("done", "failed")
 ERROR_CHARS = 500
 
 
@@ -160,29 +159,30 @@ class HandlerDispatcher:
                 if runs.node != self.node:  # planned by a daemon that died before the rename: adopt
                     runs.node = self.node
                     save_runs(job_dir, runs)
+                if pending.has_open_runs(runs):
+                    pending.mark(job_dir, runs)  # now with its final folder and name
+                else:
+                    pending.unmark(pending.spool_of(job_dir), runs.batch_id)
         except (OSError, ValueError) as exc:
             log.error("job %s: cannot record its handler runs, none will run: %s", Path(job_dir).name, exc)
             return
         self._enqueue(Path(job_dir), runs)
 
     def resume(self, spool_dir: Path) -> int:
-        """Queue this node's pending and retrying runs found in done/ and failed/; returns how many."""
+        """Queue this node's pending and retrying runs of finished jobs; returns how many.
+
+        Reads the pending-runs index only (one marker per job that owes runs),
+        not every finished job; see `spoold.handlers.pending`.
+        """
         count = 0
-        for folder in FINISHED_FOLDERS:
-            try:
-                job_dirs = sorted(p for p in (Path(spool_dir) / folder).iterdir() if not p.name.startswith("."))
-            except FileNotFoundError:
-                continue
-            for job_dir in job_dirs:
-                try:
-                    runs = load_runs(job_dir)
-                except NotADirectoryError:
-                    continue
-                except (OSError, ValueError) as exc:
-                    log.error("job %s: unreadable handler records, left alone: %s", job_dir.name, exc)
-                    continue
-                if runs is not None and runs.node in (None, self.node):
+        try:
+            for job_dir, runs in pending.pending_jobs(Path(spool_dir), self.node):
+                if pending.has_open_runs(runs):
                     count += self._enqueue(job_dir, runs)
+                else:
+                    pending.unmark(Path(spool_dir), runs.batch_id)
+        except OSError as exc:
+            log.error("cannot look for pending handler runs in %s: %s", spool_dir, exc)
         return count
 
     # ---- queue -------------------------------------------------------------------------------
@@ -308,6 +308,8 @@ class HandlerDispatcher:
                 run.status = "retrying" if retry_at is not None else "failed"
                 run.next_attempt_at = retry_at
             saved = self._save(job_dir, runs)
+            if saved and not pending.has_open_runs(runs):
+                pending.unmark(pending.spool_of(job_dir), runs.batch_id)
         if error is not None:
             if retry_at is not None:
                 log.warning(

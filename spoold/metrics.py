@@ -27,7 +27,10 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from spoold.census import SpoolCensus, count_spool
 from spoold.errors import ConfigError, SpooldError
+
+__all__ = ["Metrics", "count_spool", "effective_listen", "format_listen", "parse_listen"]
 
 if TYPE_CHECKING:
     from spoold.gpu import GpuSample
@@ -41,6 +44,7 @@ SPOOL_STATES = ("inbox", "processing", "done", "failed")
 HANDLER_OUTCOMES = ("ok", "failed")
 PAUSE_REASONS = ("disk", "gpu")
 """Why new work can be paused: a spool I/O error (full disk, NFS trouble), a GPU too hot or in error."""
+PRUNED_STATES = ("done", "failed")
 
 CHUNK_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 JOB_BUCKETS = (10, 30, 60, 300, 600, 1800, 3600, 2 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
@@ -98,6 +102,9 @@ class Metrics:
             ["reason"],
             registry=reg,
         )
+        self._pruned = Counter(
+            "spoold_pruned_jobs_total", "Finished jobs removed or archived by retention, by state.", ["state"], registry=reg
+        )
         self._build_info = Gauge("spoold_build_info", "spoold's version, value always 1.", ["version"], registry=reg)
         self._gpu: dict[str, Gauge] | None = None  # registered on the first GPU sample only
         self._gpu_labels: dict[str, set[str]] = {"used": set(), "total": set(), "util": set(), "temp": set()}
@@ -111,8 +118,11 @@ class Metrics:
             self._spool.labels(state)
         for reason in PAUSE_REASONS:
             self._paused.labels(reason)
+        for state in PRUNED_STATES:
+            self._pruned.labels(state)
         self._models: set[str] = set()
         self._spool_error: str | None = None
+        self._census = SpoolCensus()
         self._server: WSGIServer | None = None
         self._listen = ""
         self._thread: Thread | None = None
@@ -180,6 +190,11 @@ class Metrics:
         _check(outcome, HANDLER_OUTCOMES, "handler outcome")
         self._handler_runs.labels(handler, outcome).inc()
 
+    def pruned(self, state: str) -> None:
+        """Retention removed (or archived) one job from done/ or failed/."""
+        _check(state, PRUNED_STATES, "pruned state")
+        self._pruned.labels(state).inc()
+
     def set_spool_counts(self, counts: Mapping[str, int], oldest_inbox_ts: float | None) -> None:
         for state in SPOOL_STATES:
             self._spool.labels(state).set(counts.get(state, 0))
@@ -188,7 +203,7 @@ class Metrics:
     def update_spool(self, spool_dir: Path) -> bool:
         """Count the spool and set the gauges; an unreadable spool keeps the old values."""
         try:
-            counts, oldest = count_spool(spool_dir)
+            counts, oldest = self._census.count(spool_dir)
         except OSError as exc:
             reason = f"cannot count jobs in {spool_dir}: {exc.strerror or exc}"
             if reason != self._spool_error:  # once per distinct problem, not every refresh
@@ -353,51 +368,3 @@ def effective_listen(configured: str, environ: Mapping[str, str] | None = None) 
     if port + int(offset_text) > 65535:
         raise ConfigError(f"metrics port {port} + SPOOLD_METRICS_PORT_OFFSET {offset_text} is above 65535")
     return format_listen(host, port + int(offset_text))
-
-
-# ---- spool census -----------------------------------------------------------------------
-
-
-def count_spool(spool_dir: Path) -> tuple[dict[str, int], float | None]:
-    """Jobs per spool folder as the disk shows them (every daemon's work) and the oldest inbox mtime.
-
-    inbox/ counts `*.jsonl` regular files (ready or not); the other folders count job
-    directories. Hidden names (temp files, claims in flight) are skipped. A missing
-    folder counts 0; other OSErrors (a dead NFS server) propagate.
-    """
-    counts: dict[str, int] = {}
-    oldest: float | None = None
-    inbox = 0
-    for entry in _entries(spool_dir / "inbox"):
-        # SPEC 2's ignored suffixes (.part, .tmp, ~ ...) cannot end in ".jsonl".
-        if entry.name.startswith(".") or not entry.name.endswith(".jsonl"):
-            continue
-        try:
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            mtime = entry.stat(follow_symlinks=False).st_mtime
-        except FileNotFoundError:
-            continue  # claimed by someone while we looked
-        inbox += 1
-        oldest = mtime if oldest is None else min(oldest, mtime)
-    counts["inbox"] = inbox
-    for state in ("processing", "done", "failed"):
-        counts[state] = sum(
-            1 for e in _entries(spool_dir / state) if not e.name.startswith(".") and _is_dir(e)
-        )
-    return counts, oldest
-
-
-def _entries(folder: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(folder) as it:
-            return list(it)
-    except FileNotFoundError:
-        return []
-
-
-def _is_dir(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_dir(follow_symlinks=False)
-    except FileNotFoundError:
-        return False

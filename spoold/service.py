@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from spoold import __version__
+from spoold import __version__, recent
 from spoold.config import Config
 from spoold.finish import FinishHooks
 from spoold.gpu import GpuMonitor, gpu_health
@@ -19,6 +19,7 @@ from spoold.handler_runs import HandlerDispatcher
 from spoold.logs import setup_logging
 from spoold.metrics import Metrics, effective_listen
 from spoold.notify import Notifier
+from spoold.prune import PeriodicPrune
 from spoold.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Service:
         self._last_refresh = 0.0
         self._last_handler_scan = time.monotonic()
         self._rescan: threading.Thread | None = None
+        self.pruner = PeriodicPrune(config.node, on_removed=lambda removed: metrics.pruned(removed.due.state))
 
     @classmethod
     def create(cls, config: Config) -> Service:
@@ -82,7 +84,7 @@ class Service:
         self.metrics.update_spool(spool.root)
         self.metrics.handlers_configured(h.name for h in self.config.handlers)
         self.handlers.start()
-        self.handlers.resume(spool.root)
+        self._start_rescan(spool)  # off the start path: indexing an older spool's history once can take minutes
 
     def ready(self) -> None:
         self.notifier.ready("idle: waiting for jobs")
@@ -96,13 +98,14 @@ class Service:
         self.metrics.relisten(effective_listen(config.metrics.listen))
         setup_logging(config.logging.level, config.logging.format)
         self.config = config
-        self.handlers.resume(spool.root)
+        self._start_rescan(spool)
         self.metrics.handlers_configured(h.name for h in config.handlers)
 
     def stopping(self) -> None:
         self.notifier.stopping("stopping: checkpointing and exiting")
 
     def stop(self) -> None:
+        self.pruner.stop()
         self.handlers.stop(timeout=5.0)
         self.metrics.stop_server()
         self.gpu.close()
@@ -138,9 +141,8 @@ class Service:
         now = time.monotonic()
         if now - self._last_handler_scan >= HANDLER_RESCAN_SECONDS and not self._rescan_running():
             self._last_handler_scan = now
-            # Off the work loop: on a large NFS spool the scan could outlast the watchdog.
-            self._rescan = threading.Thread(target=self.handlers.resume, args=(spool.root,), name="handler-rescan", daemon=True)
-            self._rescan.start()
+            self._start_rescan(spool)
+        self.pruner.maybe_start(spool.root, self.config.retention, now)
         if now - self._last_refresh < SPOOL_REFRESH_SECONDS:
             return
         self._last_refresh = now
@@ -159,6 +161,11 @@ class Service:
         self.paused_reason = paused
         self.metrics.paused("gpu", paused is not None)
 
+    def _start_rescan(self, spool: Spool) -> None:
+        # Off the work loop: on a large NFS spool the scan could outlast the watchdog.
+        self._rescan = threading.Thread(target=self.handlers.resume, args=(spool.root,), name="handler-rescan", daemon=True)
+        self._rescan.start()
+
     def _rescan_running(self) -> bool:
         return self._rescan is not None and self._rescan.is_alive()
 
@@ -175,3 +182,4 @@ class Service:
         """Handler runs are planned on disk before a finished job leaves processing/, and started after."""
         hooks.before_move.append(lambda job, batch, selected: self.handlers.plan_runs(job.path, batch, selected))
         hooks.after_move.append(lambda job, batch, selected: self.handlers.job_finished(job.path, batch, selected))
+        hooks.after_move.append(lambda job, batch, selected: recent.note(job.path))  # for `spoold status`

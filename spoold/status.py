@@ -1,42 +1,126 @@
-"""`spoold status`: every job's state, model, progress, rate, age and owner, read from the disk."""
+"""`spoold status`: active and recent jobs' state, model, progress, rate, age and owner, read from the disk."""
 
 from __future__ import annotations
 
+import heapq
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from spoold import lease as leases
+from spoold import recent
 from spoold.errors import SidecarError
 from spoold.fsutil import mtime_or_now, read_json
 from spoold.jobdir import JobDir
-from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX
+from spoold.census import SETTLE_NS, count_folder, count_spool
+from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX, is_ignored
 from spoold.sidecar import parse_sidecar
 from spoold.spool import Spool
 from spoold.states import JobState
 
-FINISHED_SHOWN = 20
+RECENT_SHOWN = 20
+"""Finished jobs shown per folder (done/, failed/) by default: the most recently changed."""
 
 
-def collect(spool: Spool, default_model: str, name: str | None = None, now: float | None = None) -> list[dict[str, Any]]:
+class RecentCache:
+    """For --watch: a finished folder whose (inode, mtime) did not change keeps its recent names."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[tuple[int, int], list[str]]] = {}
+
+    def recent(self, folder: Path, count: int) -> list[str]:
+        try:
+            st = os.stat(folder)
+        except FileNotFoundError:
+            return []
+        key = (st.st_ino, st.st_mtime_ns)
+        known = self._known.get(folder)
+        if known is not None and known[0] == key and time.time_ns() - st.st_mtime_ns > SETTLE_NS:
+            return known[1]
+        names = _recent(folder, count)
+        self._known[folder] = (key, names)
+        return names
+
+
+def collect(
+    spool: Spool, default_model: str, name: str | None = None, now: float | None = None, *,
+    show_all: bool = False, cache: RecentCache | None = None,
+) -> list[dict[str, Any]]:
+    """Rows for every active job (inbox, processing) and the recent finished ones (`show_all`: every one).
+
+    Only the finished jobs shown are read. The recent ones come from the notes
+    `recent.note` leaves as jobs finish; without enough notes, from one stat
+    per finished job (with `cache`, only when the folder changed), never a
+    read of each.
+    """
     now = time.time() if now is None else now
-    rows = [_inbox_row(spool, e.name, e.yaml is not None, default_model, now) for e in spool.scan_inbox() if e.jsonl]
-    for state in (JobState.PROCESSING, JobState.DONE, JobState.FAILED):
-        jobs = spool.jobs(state)
-        if state is not JobState.PROCESSING and name is None:
-            jobs = sorted(jobs, key=lambda j: mtime_or_now(j.path))[-FINISHED_SHOWN:]
-        rows.extend(_job_row(job, state, now) for job in jobs)
     if name is not None:
-        rows = [r for r in rows if r["name"] == name]
+        return _named(spool, name, default_model, now)
+    rows = [_inbox_row(spool, e.name, e.yaml is not None, default_model, now) for e in spool.scan_inbox() if e.jsonl]
+    rows.extend(row for job in spool.jobs(JobState.PROCESSING) if (row := _job_row(job, JobState.PROCESSING, now)) is not None)
+    for state in (JobState.DONE, JobState.FAILED):
+        folder = spool.dir(state)
+        if show_all:
+            names = sorted(_names(folder))
+        else:
+            names = recent.recent(spool.root, state.value, RECENT_SHOWN)  # noted as they finished: no scan
+            if len(names) < RECENT_SHOWN and len(names) < count_folder(folder):
+                # Too few notes (a spool from an older spoold, requeues): one stat per finished job.
+                names = cache.recent(folder, RECENT_SHOWN) if cache else _recent(folder, RECENT_SHOWN)
+        for n in names:
+            if (row := _job_row(JobDir(folder / n), state, now)) is not None:
+                rows.append(row)
     return rows
 
 
-def render(rows: list[dict[str, Any]], spool: Spool) -> str:
-    counts = {s.value: 0 for s in JobState}
-    for row in rows:
-        counts[row["state"]] += 1
+def _named(spool: Spool, name: str, default_model: str, now: float) -> list[dict[str, Any]]:
+    found = spool.find(name)
+    if found is None:
+        return []
+    state, path = found
+    if state is JobState.INBOX:
+        entry = next((e for e in spool.scan_inbox() if e.name == name), None)
+        return [_inbox_row(spool, name, entry is not None and entry.yaml is not None, default_model, now)]
+    row = _job_row(JobDir(path), state, now)
+    return [row] if row is not None else []
+
+
+def _names(folder: Path) -> list[str]:
+    try:
+        return [n for n in os.listdir(folder) if not is_ignored(n)]
+    except FileNotFoundError:
+        return []
+
+
+def _recent(folder: Path, count: int) -> list[str]:
+    """The `count` most recently changed job names in `folder`, newest first (a stat each, no reads)."""
+    found: list[tuple[float, str]] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if is_ignored(entry.name):
+                    continue
+                try:
+                    found.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
+                except FileNotFoundError:
+                    continue  # pruned or requeued while we looked
+    except FileNotFoundError:
+        return []
+    return [n for _, n in heapq.nlargest(count, found)]
+
+
+def render(rows: list[dict[str, Any]], spool: Spool, counts: dict[str, int] | None = None, shown_all: bool = True) -> str:
+    """The table; `counts` (from `count_jobs`) gives the folder totals when not every job is shown."""
+    if counts is None:
+        counts = {s.value: 0 for s in JobState}
+        for row in rows:
+            counts[row["state"]] += 1
     head = f"spool {spool.root}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    hidden = counts.get("done", 0) + counts.get("failed", 0) - sum(r["state"] in ("done", "failed") for r in rows)
+    if not shown_all and hidden > 0:
+        head += f" (showing the {RECENT_SHOWN} most recent of each finished state; --all for every job)"
     if not rows:
         return head + "\nno jobs"
     columns = ["name", "state", "status", "model", "progress", "rate", "age", "node"]
@@ -58,6 +142,12 @@ def render(rows: list[dict[str, Any]], spool: Spool) -> str:
     return head + "\n" + "\n".join(lines)
 
 
+def count_jobs(spool: Spool) -> dict[str, int]:
+    """Jobs per folder from the listings alone (the header totals)."""
+    counts, _ = count_spool(spool.root)
+    return {s.value: counts.get(s.value, 0) for s in JobState}
+
+
 def to_json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, indent=2)
 
@@ -74,9 +164,14 @@ def _inbox_row(spool: Spool, name: str, has_sidecar: bool, default_model: str, n
     return _row(name, "inbox", status, model, 0, None, None, age, None)
 
 
-def _job_row(job: JobDir, state: JobState, now: float) -> dict[str, Any]:
+def _job_row(job: JobDir, state: JobState, now: float) -> dict[str, Any] | None:
+    """None if the job left its folder while we looked (finished, pruned, requeued)."""
     try:
         batch = read_json(job.batch)
+    except FileNotFoundError:
+        if not job.path.is_dir():
+            return None
+        batch = {}
     except (OSError, ValueError):
         batch = {}
     counts = batch.get("request_counts") or {}

@@ -33,6 +33,7 @@ SPEC_FAMILIES = {  # SPEC section 8, without the GPU gauges: name (as parsed) ->
     "spoold_engine_idle_seconds": "counter",
     "spoold_build_info": "gauge",
     "spoold_paused": "gauge",  # spoold's addition beside SPEC section 8 (README)
+    "spoold_pruned_jobs": "counter",  # spoold's own addition (README), beside SPEC section 8's
 }
 GPU_FAMILIES = {
     "spoold_gpu_memory_used_bytes",
@@ -82,6 +83,8 @@ def test_every_spec_metric_is_served_with_zeroed_labels(metrics: Metrics) -> Non
     assert types == SPEC_FAMILIES  # exactly these: no *_created, no GPU gauges without samples
     for outcome in ("completed", "failed", "cancelled"):
         assert value(data, "spoold_jobs", "spoold_jobs_total", outcome=outcome) == 0
+    for state in ("done", "failed"):
+        assert value(data, "spoold_pruned_jobs", "spoold_pruned_jobs_total", state=state) == 0
     for outcome in ("succeeded", "failed"):
         assert value(data, "spoold_requests", "spoold_requests_total", outcome=outcome) == 0
     for kind in ("prompt", "completion"):
@@ -181,8 +184,10 @@ def test_count_spool_sees_what_is_on_disk(tmp_path: Path) -> None:
         _touch(spool / "done" / name, directory=True)
     _touch(spool / "failed" / "z", directory=True)
     _touch(spool / "failed" / "stray-file")
+    _touch(spool / "done" / ".prune-temp", directory=True)
     counts, oldest = count_spool(spool)
-    assert counts == {"inbox": 2, "processing": 1, "done": 3, "failed": 1}
+    # done/ failed/ processing/ are counted by name alone (no per-job stat): a stray file counts too.
+    assert counts == {"inbox": 2, "processing": 1, "done": 3, "failed": 2}
     assert oldest == 1_700_000_000
 
 
