@@ -216,9 +216,12 @@ def section_memory(work: Path, sizes: tuple[int, ...] = (20_000, 400_000, 2_000_
     return rows
 
 
-def section_deep_inbox(work: Path, depths: tuple[int, ...] = (200, 2_000, 20_000), measured: int = 1000) -> list[str]:
+def section_deep_inbox(work: Path, depths: tuple[int, ...] = (200, 2_000, 20_000)) -> list[str]:
     rows = ["\n## A deep inbox: one-line jobs taken per second (echo backend, settle 0.2, poll_interval 0.5, inotify)\n",
-            f"| jobs waiting | jobs/s (first {measured} finished) | vs 200 waiting |", "|---:|---:|---:|"]  # fmt: skip
+            "All jobs are in the inbox when the daemon starts. After a warm-up (the first quarter of the jobs, at most 200: "
+            "the start-up look at every waiting upload is done by then), the rate is measured over the next half (at most 1,000), "
+            "so the queue is still at about the stated depth.\n",
+            "| jobs waiting | jobs/s | vs 200 waiting |", "|---:|---:|---:|"]  # fmt: skip
     base = None
     for depth in depths:
         d = Daemon(work, f"deep-{depth}")
@@ -226,18 +229,18 @@ def section_deep_inbox(work: Path, depths: tuple[int, ...] = (200, 2_000, 20_000
             (d.inbox / f"q{i:06d}.jsonl").write_text('{"prompt": "hi"}\n')
             (d.inbox / f"q{i:06d}.yaml").write_text("{}\n")
         d.start()
-        count = min(measured, depth)
+        warm, count = min(200, depth // 4), min(1000, depth // 2)
         done_dir = d.spool / "done"
         first = None
         while True:
             finished = len(os.listdir(done_dir))
-            if first is None and finished >= 1:
+            if first is None and finished >= warm:
                 first = (time.monotonic(), finished)
-            if finished >= count:
+            if first is not None and finished >= first[1] + count:
                 break
             time.sleep(0.02)
         seconds = time.monotonic() - first[0]
-        rate = (count - first[1]) / seconds
+        rate = (finished - first[1]) / seconds
         d.stop()
         base = base or rate
         rows.append(f"| {depth:,} | {rate:.0f} | {rate / base:.2f}x |")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from spoold.names import IGNORED_SUFFIXES  # the rule of names.is_ignored, inlined: called 100,000 times
 
 LISTED_STATES = ("processing", "done", "failed")
+InboxView = Callable[[], tuple[int, float | None]]
+"""(jobs waiting, oldest input's mtime) as someone already knows them."""
 SETTLE_NS = 2_000_000_000
 """A folder changed this recently is listed again next time: coarse mtimes (NFS, 1-2 s) could hide a second change."""
 
@@ -26,8 +29,9 @@ class SpoolCensus:
         self._known: dict[str, tuple[int, int, int]] = {}
         """state -> (inode, mtime_ns, count) of its last listing."""
 
-    def count(self, spool_dir: Path) -> tuple[dict[str, int], float | None]:
-        inbox, oldest = count_inbox(Path(spool_dir) / "inbox")
+    def count(self, spool_dir: Path, inbox_view: InboxView | None = None) -> tuple[dict[str, int], float | None]:
+        """`inbox_view`: the daemon's own picture of the inbox (its intake), so a deep inbox is not stat'ed again."""
+        inbox, oldest = inbox_view() if inbox_view is not None else count_inbox(Path(spool_dir) / "inbox")
         counts = {"inbox": inbox}
         now_ns = time.time_ns()
         for state in LISTED_STATES:

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -41,24 +42,31 @@ class Claimer(BaseModel):
     at: float
 
 
-def claim(spool: Spool, name: str, node: str) -> JobDir | None:
-    """Claim inbox job `name`; returns its processing/ directory, or None if another daemon won."""
+def claim(spool: Spool, name: str, node: str, turn: AbstractContextManager[object] | None = None) -> JobDir | None:
+    """Claim inbox job `name`; returns its processing/ directory, or None if another daemon won.
+
+    `turn` wraps the claiming rename itself: a daemon claiming on several threads
+    passes its jobs through it in admission (priority) order; the fsyncs after it overlap.
+    """
     staging = spool.processing / f".claim-{uuid.uuid4().hex}"
     (staging / STATE_DIR).mkdir(parents=True)
-    atomic_write_json(staging / STATE_DIR / CLAIMER_FILE, Claimer(node=node, pid=os.getpid(), name=name, at=time.time()).model_dump())
+    claimer = Claimer(node=node, pid=os.getpid(), name=name, at=time.time()).model_dump()
+    atomic_write_json(staging / STATE_DIR / CLAIMER_FILE, claimer, durable=False)  # lost in a power cut: recovered after lease_seconds
     source = spool.inbox / f"{name}{INPUT_SUFFIX}"
-    created_at = mtime_or_now(source)
-    try:
-        os.rename(source, staging / "input.jsonl")
-    except FileNotFoundError:
-        pass  # another daemon was first (or NFS misreported our success: the disk decides below)
-    except OSError:
-        if not (staging / "input.jsonl").exists() and _remove_empty_staging(staging):
-            raise  # e.g. a sticky inbox: the daemon logs it once and backs off
+    with turn or nullcontext():
+        created_at = mtime_or_now(source)
+        claimed_at = time.time()
+        try:
+            os.rename(source, staging / "input.jsonl")
+        except FileNotFoundError:
+            pass  # another daemon was first (or NFS misreported our success: the disk decides below)
+        except OSError:
+            if not (staging / "input.jsonl").exists() and _remove_empty_staging(staging):
+                raise  # e.g. a sticky inbox: the daemon logs it once and backs off
     if not (staging / "input.jsonl").exists() and _remove_empty_staging(staging):
         return None
     fsync_dir(spool.inbox)
-    return _complete(spool, staging, name, node, created_at)
+    return _complete(spool, staging, name, node, created_at, claimed_at)
 
 
 def recover_claims(spool: Spool, node: str, lease_seconds: float) -> list[JobDir]:
@@ -86,7 +94,7 @@ def recover_claims(spool: Spool, node: str, lease_seconds: float) -> list[JobDir
     return finished
 
 
-def _complete(spool: Spool, staging: Path, name: str, node: str, created_at: float) -> JobDir:
+def _complete(spool: Spool, staging: Path, name: str, node: str, created_at: float, claimed_at: float | None = None) -> JobDir:
     sidecar = spool.inbox / f"{name}{SIDECAR_SUFFIX}"
     if not (staging / "meta.yaml").exists():
         try:
@@ -95,7 +103,7 @@ def _complete(spool: Spool, staging: Path, name: str, node: str, created_at: flo
             pass  # an orphan job: default metadata
     job = JobDir(staging)
     if not job.record_path.exists():
-        record = JobRecord.new(name=name, original_name=name, node=node, created_at=created_at)
+        record = JobRecord.new(name=name, original_name=name, node=node, created_at=created_at, claimed_at=claimed_at)
         record.pending_failure = refuse_unsafe(staging)  # symlink, FIFO, device, 2nd hard link, unreadable
         record.no_sidecar = not job.meta.exists()
         job.save_record(record)

@@ -3,8 +3,8 @@
 Threads, each with one job:
 - main (this loop): intake, admission, the engine loop (fill, step), cuts; it
   alone pings the watchdog, so a hung engine trips it;
-- job-start (one thread, in admission order): claims and validating passes (jobstart.py);
-- job-io (one thread, in order): checkpoint commits and job ends (jobcommit.py);
+- job-start (a few threads; the claiming renames in admission order): claims and validating passes (jobstart.py);
+- job-io (two lanes; one job's tasks always in one, in order): checkpoint commits and job ends (jobcommit.py);
 - lease-keeper: renews leases of claimed jobs, notices cancels (keeper.py).
 Signal handlers only set flags; the loop does the logging, checkpointing and exit.
 """
@@ -39,6 +39,7 @@ from spoold.jobcommit import close, commit, open_attempt
 from spoold.jobdir import JobDir
 from spoold.jobstart import end_job, give_up_run, start_job
 from spoold.keeper import LeaseKeeper
+from spoold.lanes import Lanes, Turnstile
 from spoold.mounts import split_spool_problem
 from spoold.names import SIDECAR_SUFFIX
 from spoold.prevalidate import Prevalidator
@@ -53,6 +54,10 @@ from spoold.watcher import InboxWatcher
 
 log = logging.getLogger(__name__)
 
+START_THREADS = 3
+"""Claims and validating passes run side by side (their fsyncs overlap); the claiming renames keep their order."""
+IO_LANES = 2
+"""Job I/O threads (commits, ends): one job's tasks stay in one lane, in order; lanes overlap their fsyncs."""
 STATUS_EVERY = 1.0
 """Seconds between STATUS= texts while working (the watchdog is pinged every step)."""
 
@@ -89,8 +94,9 @@ class Daemon:
         self.finish_hooks = FinishHooks()
         self.service.wire_finish(self.finish_hooks)
         self.keeper = LeaseKeeper()
-        self.starter = ThreadPoolExecutor(1, thread_name_prefix="job-start")  # one: claims happen in admission order
-        self.io = ThreadPoolExecutor(1, thread_name_prefix="job-io")
+        self.starter = ThreadPoolExecutor(START_THREADS, thread_name_prefix="job-start")
+        self.turnstile = Turnstile()  # the claiming renames themselves happen in admission (priority) order
+        self.io = Lanes(IO_LANES, "job-io")
         self.loop: EngineLoop | None = None
         self.active: list[ActiveJob] = []  # fed to the engine now
         self.waiting: list[ActiveJob] = []  # started, for a model not loaded yet
@@ -179,7 +185,7 @@ class Daemon:
             self._reload()
         now = time.time() if now is None else now
         self._look(now)
-        self.service.refresh(self.spool)
+        self.service.refresh(self.spool, self.intake.waiting)
         self._reap()
         self._act_on_flags()
         if self.stop_requested:
@@ -280,7 +286,8 @@ class Daemon:
         name = choice.candidate.name
         if choice.verdict is not None:
             self.intake.taken(name)
-        future = self.starter.submit(self._start, choice)
+        ticket = self.turnstile.ticket() if choice.verdict is not None else None
+        future = self.starter.submit(self._start, choice, ticket)
         future.add_done_callback(lambda _: self.wake.set())
         self.starting[name] = (future, choice.candidate.model, time.monotonic())
 
@@ -291,7 +298,7 @@ class Daemon:
             profile = self.profiles.get(nxt.model)
             self.prevalidator.offer(self.spool.inbox / f"{nxt.name}.jsonl", nxt.model, profile.serves if profile else None)
 
-    def _start(self, choice: _Choice) -> ActiveJob | str | None:
+    def _start(self, choice: _Choice, ticket: int | None = None) -> ActiveJob | str | None:
         """On a job-start thread: claim (or take over), then start_job."""
         name = choice.candidate.name
         fail_reason = None
@@ -301,7 +308,8 @@ class Daemon:
                 return None  # another daemon took it over first
             log.info("resuming from its checkpoint", extra={"job": job.name})
         else:
-            job = claims.claim(self.spool, name, self.node)
+            assert ticket is not None
+            job = claims.claim(self.spool, name, self.node, self.turnstile.turn(ticket))
             if job is None:
                 return None  # another daemon won the claim
             lease = leases.current(job)
@@ -399,7 +407,7 @@ class Daemon:
             for job in order:
                 if job.fed and not job.attempt_opened:  # from now on a crash may be this job's doing
                     job.attempt_opened = True
-                    self.io.submit(open_attempt, job)
+                    self.io.submit(job.name, open_attempt, job)
             loop.step()
         except EngineFailure as exc:
             self._engine_failed(f"engine error: {exc}")
@@ -414,7 +422,7 @@ class Daemon:
         self.engines.touch()
         for job in list(self.active):
             for cut in job.full_cuts():
-                self.io.submit(commit, job, cut)
+                self.io.submit(job.name, commit, job, cut)
             if job.drained:
                 self.active.remove(job)
                 self._close(job, "completed")
@@ -438,8 +446,8 @@ class Daemon:
         job.close_reader()
         self.keeper.remove(job)
         for cut in job.full_cuts():
-            self.io.submit(commit, job, cut)
-        future = self.io.submit(close, job, job.cut(), how, reason)
+            self.io.submit(job.name, commit, job, cut)
+        future = self.io.submit(job.name, close, job, job.cut(), how, reason)
         future.add_done_callback(lambda _: self.wake.set())
         self.closing.append(_Closing(job.name, future, job.started))
 

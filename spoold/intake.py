@@ -47,6 +47,11 @@ class Intake:
     def __len__(self) -> int:
         return len(self._uploads)
 
+    def waiting(self) -> tuple[int, float | None]:
+        """Jobs in the inbox (ready or not) and the oldest input's mtime, for the spool gauges."""
+        mtimes = [u.entry.jsonl.mtime_ns for u in self._uploads.values() if u.entry.jsonl is not None]
+        return len(mtimes), (min(mtimes) / 1e9 if mtimes else None)
+
     # ---- sources of change ---------------------------------------------------------------
 
     def touch(self, names: Iterable[str], now: float) -> None:

@@ -47,13 +47,13 @@ def open_attempt(active: ActiveJob) -> None:
         active.trouble = exc
 
 
-def commit(active: ActiveJob, cut: Cut) -> None:
+def commit(active: ActiveJob, cut: Cut, live: bool = True) -> None:
     """Make one cut durable. Never raises: sets `active.lost` if another daemon took the job,
     `active.trouble` on any other error (the main thread then ends this run of the job)."""
     if active.lost or active.trouble is not None:
         return
     try:
-        _commit(active, cut)
+        _commit(active, cut, live)
     except leases.LeaseLost as exc:
         log.error("%s; leaving it to its new owner", exc, extra={"job": active.name})
         active.lost = True
@@ -61,7 +61,7 @@ def commit(active: ActiveJob, cut: Cut) -> None:
         active.trouble = exc
 
 
-def _commit(active: ActiveJob, cut: Cut) -> None:
+def _commit(active: ActiveJob, cut: Cut, live: bool = True) -> None:
     old = active.checkpoint
     if not cut.records and cut.next_line == old.next_line:
         renew(active)
@@ -85,11 +85,13 @@ def _commit(active: ActiveJob, cut: Cut) -> None:
     active.checkpoint = checkpoint
     active.rate = (tally.succeeded + tally.failed) / cut.seconds
     active.ctx.hooks.chunk_committed(cut.seconds, tally.succeeded, tally.failed, tally.prompt_tokens, tally.completion_tokens)
+    if not live:
+        return  # the job ends next: its final batch.json follows at once
     batch = build_batch(
         active.record, "in_progress", node=active.ctx.node, model=active.model, metadata=active.sidecar.metadata,
         checkpoint=checkpoint, validation=active.validation, chunk_size=active.chunk_size, rate=active.rate,
     )  # fmt: skip
-    atomic_write_json(active.job.batch, batch)
+    atomic_write_json(active.job.batch, batch, durable=False)  # live progress: the checkpoint is the record
 
 
 def close(active: ActiveJob, cut: Cut, how: str, reason: str | None = None) -> str | None:
@@ -98,7 +100,7 @@ def close(active: ActiveJob, cut: Cut, how: str, reason: str | None = None) -> s
     Returns the job's final status (completed, cancelled, failed), or None when
     it stays in processing/ (stopped, retried later, or lost to another daemon).
     """
-    commit(active, cut)
+    commit(active, cut, live=how in ("stopped", "retry"))
     if active.lost:
         return None
     record = active.record

@@ -44,13 +44,13 @@ class JobRecord(BaseModel):
     """Set at claim when the job must fail (e.g. no sidecar): a crash before finishing must not run it."""
 
     @classmethod
-    def new(cls, name: str, original_name: str, node: str, created_at: float) -> JobRecord:
+    def new(cls, name: str, original_name: str, node: str, created_at: float, claimed_at: float | None = None) -> JobRecord:
         return cls(
             id=f"batch_{uuid.uuid4().hex}",
             name=name,
             original_name=original_name,
             created_at=int(created_at),
-            claimed_at=time.time(),
+            claimed_at=claimed_at or time.time(),
             claimed_by=node,
         )
 

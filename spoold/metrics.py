@@ -27,7 +27,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from spoold.census import SpoolCensus, count_spool
+from spoold.census import InboxView, SpoolCensus, count_spool
 from spoold.errors import ConfigError, SpooldError
 
 __all__ = ["Metrics", "count_spool", "effective_listen", "format_listen", "parse_listen"]
@@ -200,10 +200,10 @@ class Metrics:
             self._spool.labels(state).set(counts.get(state, 0))
         self._oldest_inbox.set(oldest_inbox_ts or 0)
 
-    def update_spool(self, spool_dir: Path) -> bool:
+    def update_spool(self, spool_dir: Path, inbox_view: InboxView | None = None) -> bool:
         """Count the spool and set the gauges; an unreadable spool keeps the old values."""
         try:
-            counts, oldest = self._census.count(spool_dir)
+            counts, oldest = self._census.count(spool_dir, inbox_view)
         except OSError as exc:
             reason = f"cannot count jobs in {spool_dir}: {exc.strerror or exc}"
             if reason != self._spool_error:  # once per distinct problem, not every refresh

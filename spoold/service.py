@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from spoold import __version__, recent
+from spoold.census import InboxView
 from spoold.config import Config
 from spoold.finish import FinishHooks
 from spoold.gpu import GpuMonitor, gpu_health
@@ -25,6 +26,7 @@ from spoold.spool import Spool
 log = logging.getLogger(__name__)
 
 SPOOL_REFRESH_SECONDS = 5.0
+JOB_DONE_REFRESH_SECONDS = 1.0
 HANDLER_RESCAN_SECONDS = 300.0
 """How often an idle daemon looks for handler runs planned elsewhere (e.g. by `spoold cancel`)."""
 MODEL_LOAD_GRACE_SECONDS = 1800.0
@@ -135,7 +137,7 @@ class Service:
         self._disk_paused_until = until
         self.metrics.paused("disk", time.time() < until)
 
-    def refresh(self, spool: Spool) -> None:
+    def refresh(self, spool: Spool, inbox_view: InboxView | None = None) -> None:
         """Spool gauges, GPU gauges and the GPU health gate, at most every few seconds."""
         self.metrics.paused("disk", time.time() < self._disk_paused_until)
         now = time.monotonic()
@@ -146,7 +148,7 @@ class Service:
         if now - self._last_refresh < SPOOL_REFRESH_SECONDS:
             return
         self._last_refresh = now
-        self.metrics.update_spool(spool.root)
+        self.metrics.update_spool(spool.root, inbox_view)
         if not self.gpu.available:
             return
         samples = self.gpu.sample()
@@ -176,7 +178,8 @@ class Service:
 
     def job_done(self, outcome: str, seconds: float) -> None:
         self.metrics.job_finished(outcome, seconds)
-        self._last_refresh = 0.0
+        # the spool gauges follow within a second, not after every job: counting is linear in the queue
+        self._last_refresh = min(self._last_refresh, time.monotonic() - SPOOL_REFRESH_SECONDS + JOB_DONE_REFRESH_SECONDS)
 
     def wire_finish(self, hooks: FinishHooks) -> None:
         """Handler runs are planned on disk before a finished job leaves processing/, and started after."""
