@@ -25,8 +25,9 @@ from typing import Any
 
 from spoold import tinymodel
 from spoold.config import Config
-from spoold.engine import responses, sampling
+from spoold.engine import chat, responses, sampling
 from spoold.engine.base import Engine, EngineError, EngineFailure, EngineRequest, EngineResult, ModelLoadError
+from spoold.engine.tools import ChatPlan, ChatTooling, ToolsRejected, parser_class
 from spoold.engine.vllm_pooling import POOLING_KINDS, PoolingFrontend, PoolingRejected
 from spoold.lines import KIND_URLS
 from spoold.profiles import ModelProfile
@@ -55,16 +56,31 @@ class _Pending:
     prompt_tokens: int
     logprobs: int | None
     created: int
+    prompt_ids: list[int]
+    plan: ChatPlan | None = None
 
 
 class VllmEngine(Engine):
     """One loaded model. Not thread-safe: the engine loop drives it from the main thread."""
 
-    def __init__(self, name: str, llm: Any, sampling_defaults: dict[str, Any], load_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        llm: Any,
+        sampling_defaults: dict[str, Any],
+        load_seconds: float = 0.0,
+        *,
+        tool_call_parser: str | None = None,
+        reasoning_parser: str | None = None,
+        chat_template: str | None = None,
+    ) -> None:
         self.model = name
         self.load_seconds = load_seconds
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
+        self._tooling = ChatTooling(name, self._tokenizer, tool_call_parser, reasoning_parser)
+        """tools, tool_choice and reasoning through vLLM's parsers (engine/tools.py)."""
+        self._chat_template = chat_template
         self._max_model_len = int(llm.model_config.max_model_len)
         self._defaults = sampling_defaults
         self._pending: dict[str, _Pending] = {}
@@ -89,19 +105,35 @@ class VllmEngine(Engine):
             from vllm.v1.engine.llm_engine import LLMEngine
 
             _check_engine_arg_names(engine_args, EngineArgs)
+            parser_class(profile.tool_call_parser, profile.reasoning_parser, None, profile.name)  # names, before the load
             if current_platform.is_cpu():
                 engine_args = {**CPU_DEFAULTS, **engine_args}
+            if profile.reasoning_parser:  # structured outputs then start after the thinking (`--reasoning-parser`)
+                engine_args.setdefault("reasoning_parser", profile.reasoning_parser)
             args = EngineArgs(model=model_path, served_model_name=[profile.name], **engine_args)
             with _hub_offline(local):
                 llm = LLMEngine.from_engine_args(args)
+            try:
+                engine = cls(
+                    profile.name,
+                    llm,
+                    dict(profile.sampling),
+                    tool_call_parser=profile.tool_call_parser,
+                    reasoning_parser=profile.reasoning_parser,
+                    chat_template=tinymodel.CHAT_TEMPLATE if tinymodel.is_builtin(profile.model) else None,
+                )
+            except ValueError as exc:  # a parser vLLM does not know, or one this tokenizer cannot serve
+                with contextlib.suppress(Exception):
+                    llm.engine_core.shutdown(timeout=SHUTDOWN_SECONDS)
+                raise ModelLoadError(str(exc)) from exc
         except ModelLoadError:
             raise
         except Exception as exc:  # noqa: BLE001 - any vLLM start-up failure is a model-load failure
             log.error("loading model %s (%s) failed", profile.name, model_path, exc_info=True)
             raise ModelLoadError(_load_reason(exc)) from exc
-        seconds = time.monotonic() - started
-        log.debug("model %s loaded from %s in %.1fs", profile.name, model_path, seconds)
-        return cls(profile.name, llm, dict(profile.sampling), seconds)
+        engine.load_seconds = time.monotonic() - started
+        log.debug("model %s loaded from %s in %.1fs", profile.name, model_path, engine.load_seconds)
+        return engine
 
     # ---- the Engine interface --------------------------------------------------------------
 
@@ -111,7 +143,8 @@ class VllmEngine(Engine):
         if request.kind in POOLING_KINDS:
             return self._add_pooling(request)
         try:
-            prompt_ids = self._prompt_ids(request)
+            plan = self._tooling.plan(request.body, self._defaults) if request.kind == "chat" else None
+            prompt_ids = self._prompt_ids(request, plan)
             if len(prompt_ids) >= self._max_model_len:
                 raise RequestRejected(
                     "context_length_exceeded",
@@ -121,18 +154,22 @@ class VllmEngine(Engine):
             kwargs = sampling.sampling_kwargs(
                 request.body, request.kind, len(prompt_ids), self._max_model_len, self._defaults
             )
+            if plan is not None:
+                plan.apply(kwargs)
             request_id = f"{next(self._ids)}-{request.key}"
             self._submit(request_id, prompt_ids, kwargs)
         except RequestRejected as exc:
             return _error(request, exc.code, str(exc))
-        except sampling.SamplingError as exc:
+        except (sampling.SamplingError, chat.ChatRejected, ToolsRejected) as exc:
             return _error(request, "invalid_request", str(exc))
         except self._errors as exc:
             return _error(request, "invalid_request", _one_line(exc))
         except Exception as exc:  # noqa: BLE001 - anything else means the engine itself is gone
             log.error("vLLM engine rejected a request unexpectedly", exc_info=True)
             raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
-        self._pending[request_id] = _Pending(request, len(prompt_ids), kwargs["logprobs"], int(time.time()))
+        self._pending[request_id] = _Pending(
+            request, len(prompt_ids), kwargs["logprobs"], int(time.time()), prompt_ids, plan
+        )
         return None
 
     def _add_pooling(self, request: EngineRequest) -> EngineResult | None:
@@ -206,9 +243,16 @@ class VllmEngine(Engine):
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _prompt_ids(self, request: EngineRequest) -> list[int]:
+    def _prompt_ids(self, request: EngineRequest, plan: ChatPlan | None) -> list[int]:
         if request.kind == "chat":
-            return self._chat_prompt_ids(request.body)
+            assert plan is not None
+            return chat.render(
+                self._tokenizer,
+                request.body,
+                tools=plan.tools,
+                template_kwargs=plan.template_kwargs,
+                chat_template=self._chat_template,
+            )
         prompt = request.body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]  # a batch of one
@@ -221,26 +265,11 @@ class VllmEngine(Engine):
             return list(prompt)
         raise RequestRejected("invalid_request", "prompt must be a non-empty string or list of token ids (one prompt per line)")
 
-    def _chat_prompt_ids(self, body: dict[str, Any]) -> list[int]:
-        messages = [_text_message(m) for m in _messages(body)]
-        extra = body.get("chat_template_kwargs") or {}
-        if not isinstance(extra, dict):
-            raise RequestRejected("invalid_request", "chat_template_kwargs must be an object")
-        add_generation_prompt = body.get("add_generation_prompt", True)
-        try:
-            text = self._tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=bool(add_generation_prompt), **extra
-            )
-        except (ValueError, TypeError, KeyError, IndexError, _template_error()) as exc:
-            raise RequestRejected("invalid_request", f"chat template: {_one_line(exc)}") from None
-        # The template already wrote BOS and friends: do not add them twice.
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
-
     def _submit(self, request_id: str, prompt_ids: list[int], kwargs: dict[str, Any]) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        structured = kwargs.pop("structured_outputs")
+        structured = kwargs.pop("structured_outputs")  # a plain dict (sampling.py, tools.py) or None
         params = SamplingParams(
             **kwargs,
             structured_outputs=StructuredOutputsParams(**structured) if structured else None,
@@ -270,6 +299,10 @@ class VllmEngine(Engine):
                 "finish_reason": str(c.finish_reason or "stop"),
                 "stop_reason": c.stop_reason,
             }
+            if request.kind == "chat":
+                choice["message"], choice["finish_reason"] = self._tooling.answer(
+                    pending.plan, c.text, c.token_ids, choice["finish_reason"], pending.prompt_ids
+                )
             if pending.logprobs is not None:
                 tokens = _token_logprobs(c, pending.logprobs)
                 render = responses.chat_logprobs if request.kind == "chat" else responses.completion_logprobs
@@ -333,33 +366,6 @@ def _hub_offline(enabled: bool) -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = saved
 
 
-def _messages(body: dict[str, Any]) -> list[Any]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestRejected("invalid_request", "messages must be a non-empty list")
-    return messages
-
-
-def _text_message(message: Any) -> dict[str, Any]:
-    """Flatten OpenAI content parts to text; spoold's engine serves text-only requests."""
-    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-        raise RequestRejected("invalid_request", "each message must be an object with a role")
-    content = message.get("content")
-    if content is None:
-        content = ""
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise RequestRejected("invalid_request", f"only text content parts are supported, got {kind!r}")
-            texts.append(part["text"])
-        content = "\n".join(texts)
-    if not isinstance(content, str):
-        raise RequestRejected("invalid_request", "message content must be a string or a list of text parts")
-    return {**message, "content": content}
-
-
 def _token_logprobs(completion: Any, top: int) -> list[responses.TokenLogprob]:
     """vLLM's per-position {token_id: Logprob} maps -> neutral TokenLogprob entries."""
     entries = []
@@ -404,14 +410,6 @@ def _load_reason(exc: BaseException) -> str:
 
 def _shorten(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
-
-
-def _template_error() -> type[Exception]:
-    try:
-        from jinja2 import TemplateError
-    except ImportError:  # transformers always brings jinja2; be safe anyway
-        return ValueError
-    return TemplateError
 
 
 def _vllm_request_errors() -> tuple[type[BaseException], ...]:
