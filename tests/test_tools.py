@@ -86,6 +86,42 @@ def test_a_model_without_a_tool_parser_takes_tools_only_with_tool_choice_none() 
     assert plan.template_kwargs == {"x": 1} and plan.request is None  # the line's kwargs replace the defaults'
 
 
+def test_validating_pass_checks_tool_shapes_offline(tmp_path: Path) -> None:
+    from spoold_helpers import chat_line, write_jsonl
+
+    from spoold.validate import validate_file
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "function-calling.jsonl"
+    summary = validate_file(example, "tiny-random")
+    assert summary.lines == summary.valid == 8 and summary.invalid == 0
+    lines = [
+        chat_line("no-name", "x", tools=[{"type": "function", "function": {"parameters": {"type": "object"}}}]),
+        chat_line("not-schema", "x", tools=[{"type": "function", "function": {"name": "f", "parameters": {"required": "a"}}}]),
+        chat_line("nobody", "x", tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_time"}}),
+        chat_line("ok", "x", tools=[WEATHER], tool_choice="none"),
+    ]
+    write_jsonl(tmp_path / "t.jsonl", lines)
+    summary = validate_file(tmp_path / "t.jsonl", "tiny-random")
+    assert [(e.line, e.code, e.message) for e in summary.errors] == [
+        (1, "invalid_request", "tools[0].function.name must be a non-empty string"),
+        (2, "invalid_request", "tools[0].function.parameters is not a valid JSON schema at required: 'a' is not of type 'array'"),
+        (3, "invalid_request", "tool_choice names the function 'get_time', which is not among the tools (get_weather)"),
+    ]
+    assert summary.valid == 1
+
+
+def test_sidecar_sampling_takes_template_kwargs_and_reasoning_effort() -> None:
+    from spoold.errors import SidecarError
+    from spoold.sidecar import parse_sidecar
+
+    sidecar = parse_sidecar("sampling:\n  chat_template_kwargs: {enable_thinking: false}\n  reasoning_effort: low\n")
+    assert sidecar.sampling == {"chat_template_kwargs": {"enable_thinking": False}, "reasoning_effort": "low"}
+    with pytest.raises(SidecarError, match="sampling: reasoning_effort must be one of none, minimal"):
+        parse_sidecar("sampling:\n  reasoning_effort: lots\n")
+    with pytest.raises(SidecarError, match="tools: unknown sampling parameter"):
+        parse_sidecar("sampling:\n  tools: []\n")
+
+
 # ---- vLLM's parsers on the tiny tokenizer, known output -----------------------------------------
 
 
