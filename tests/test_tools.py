@@ -135,7 +135,13 @@ def tokenizer(tiny_state_dir: Path) -> Any:
 def answer(tooling: ChatTooling, body: dict[str, Any], text: str, finish: str = "stop") -> tuple[dict[str, Any], str]:
     plan = tooling.plan(body)
     ids = tooling._tokenizer.encode(text, add_special_tokens=False)
-    return tooling.answer(plan, text, ids, finish, [1, 2, 3])
+    message, finish, thought = tooling.answer(plan, text, ids, finish, [1, 2, 3])
+    THOUGHT.append(thought)
+    return message, finish
+
+
+THOUGHT: list[int] = []
+"""Reasoning tokens of each answer() above, latest last."""
 
 
 @pytest.mark.vllm
@@ -184,6 +190,7 @@ def test_qwen3_reasoning_parser_splits_the_thinking(tokenizer: Any) -> None:
     assert finish == "stop"
     assert message["reasoning_content"] == message["reasoning"] == "\nThe user wants 2+2. That is 4.\n"
     assert message["content"] == "\n\nThe answer is 4."
+    assert THOUGHT[-1] == len(tokenizer.encode("\nThe user wants 2+2. That is 4.\n", add_special_tokens=False))
 
     message, finish = answer(qwen, chat_body(tools=[WEATHER]), "<think>Call the tool.</think>" + CALL_TEXT)
     assert message["reasoning_content"] == "Call the tool." and finish == "tool_calls"
@@ -262,6 +269,7 @@ def test_engine_wiring_renders_constrains_and_parses(tokenizer: Any) -> None:
     assert auto.finish_reason == "tool_calls" and json.loads(auto.message.tool_calls[0].function.arguments)["city"] == "Paris"
     assert none.finish_reason == "stop" and none.message.content == CALL_TEXT and not none.message.tool_calls
     assert plain.message.content == "<think>Hmm.</think>Four."  # no reasoning parser: text as generated
+    assert bodies["c4"].usage is not None and bodies["c4"].usage.completion_tokens_details is None
 
     prompts = list(llm.prompts.values())
     assert all('"name": "get_weather"' in p for p in prompts[:3])  # the template rendered the tools
@@ -270,3 +278,29 @@ def test_engine_wiring_renders_constrains_and_parses(tokenizer: Any) -> None:
     assert params[1].structured_outputs is not None  # auto at strict level parameter: calls it makes are valid
     assert params[2].structured_outputs is None and params[2].skip_special_tokens is True  # none: free text
     assert results["c0"].completion_tokens == len(tokenizer.encode(CALL_TEXT, add_special_tokens=False))
+
+
+@pytest.mark.vllm
+def test_engine_wiring_with_a_reasoning_parser(tokenizer: Any) -> None:
+    from openai.types.chat import ChatCompletion
+
+    from spoold.engine.vllm_backend import VllmEngine
+
+    llm = FakeLLM(tokenizer, {"think?": "<think>Hmm, 2+2.</think>Four.", "call?": "<think>Use it.</think>" + CALL_TEXT})
+    engine = VllmEngine("thinker", llm, {}, tool_call_parser="hermes", reasoning_parser="qwen3")
+    lines = [("think?", {"reasoning_effort": "high"}), ("call?", {"tools": [WEATHER]}), ("think?", {"reasoning_effort": "none"})]
+    for i, (question, extra) in enumerate(lines):
+        assert engine.add(EngineRequest(i, f"c{i}", "chat", {"messages": [{"role": "user", "content": question}], **extra}, key=i)) is None
+    results = {r.custom_id: r for r in engine.step()}
+    think = ChatCompletion.model_validate(results["c0"].body)
+    message = think.choices[0].message
+    assert message.content == "Four." and message.model_extra == {"reasoning_content": "Hmm, 2+2.", "reasoning": "Hmm, 2+2."}
+    assert think.usage is not None and think.usage.completion_tokens_details is not None
+    assert think.usage.completion_tokens_details.reasoning_tokens == len(tokenizer.encode("Hmm, 2+2.", add_special_tokens=False))
+    assert think.usage.completion_tokens == len(tokenizer.encode("<think>Hmm, 2+2.</think>Four.", add_special_tokens=False))
+    call = ChatCompletion.model_validate(results["c1"].body).choices[0]
+    assert call.finish_reason == "tool_calls" and call.message.model_extra["reasoning_content"] == "Use it."
+    assert call.message.tool_calls and call.message.tool_calls[0].function.name == "get_weather"
+    # reasoning_effort "none" is enable_thinking: false: vLLM's qwen3 parser then reads no thinking at all
+    off = ChatCompletion.model_validate(results["c2"].body).choices[0].message
+    assert off.content == "<think>Hmm, 2+2.</think>Four." and off.model_extra["reasoning_content"] is None

@@ -119,17 +119,17 @@ class ChatTooling:
 
     def answer(
         self, plan: ChatPlan | None, text: str, token_ids: Sequence[int], finish_reason: str, prompt_ids: Sequence[int]
-    ) -> tuple[dict[str, Any], str]:
-        """One choice's `message` and finish_reason."""
+    ) -> tuple[dict[str, Any], str, int]:
+        """One choice's `message`, finish_reason and reasoning tokens (vLLM's parser counts them)."""
         request = plan.request if plan is not None else None
         if request is None:
-            return {"role": "assistant", "content": text}, finish_reason
+            return {"role": "assistant", "content": text}, finish_reason, 0
         parser = self._parser(request, plan.template_kwargs)  # parsers are stateful: one per choice, as in vLLM
         parser.set_prompt_token_ids(list(prompt_ids))
         reasoning, content, calls = parser.parse(
             text, request, enable_auto_tools=self.tool_call_parser is not None, model_output_token_ids=token_ids
         )
-        return shape_answer(
+        message, finish = shape_answer(
             reasoning if self.reasoning_parser else None,
             content,
             [(c.id, c.name, c.arguments) for c in calls or []],
@@ -137,6 +137,7 @@ class ChatTooling:
             finish_reason,
             with_reasoning=self.reasoning_parser is not None,
         )
+        return message, finish, parser.count_reasoning_tokens(list(token_ids))
 
 
 # ---- pure helpers (unit-tested without vLLM) ---------------------------------------------------

@@ -295,6 +295,7 @@ class VllmEngine(Engine):
             reason = failed[0] if failed else "no output"
             return _error(request, "engine_error", f"vLLM ended this request without a result ({reason})")
         choices = []
+        reasoning_tokens = 0
         for c in completions:
             choice: dict[str, Any] = {
                 "text": c.text,
@@ -302,9 +303,10 @@ class VllmEngine(Engine):
                 "stop_reason": c.stop_reason,
             }
             if request.kind == "chat":
-                choice["message"], choice["finish_reason"] = self._tooling.answer(
+                choice["message"], choice["finish_reason"], thought = self._tooling.answer(
                     pending.plan, c.text, c.token_ids, choice["finish_reason"], pending.prompt_ids
                 )
+                reasoning_tokens += thought
             if pending.logprobs is not None:
                 tokens = _token_logprobs(c, pending.logprobs)
                 render = responses.chat_logprobs if request.kind == "chat" else responses.completion_logprobs
@@ -314,6 +316,8 @@ class VllmEngine(Engine):
         completion_tokens = sum(len(c.token_ids) for c in completions)
         shape = responses.chat_completion if request.kind == "chat" else responses.text_completion
         body = shape(self.model, choices, prompt_tokens, completion_tokens, created=pending.created)
+        if request.kind == "chat" and self._tooling.reasoning_parser:  # as vLLM's server reports them
+            body["usage"]["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
         return EngineResult(
             key=request.key,
             custom_id=request.custom_id,
