@@ -25,7 +25,7 @@ EXAMPLES = Path(__file__).resolve().parent
 SPOOL = ROOT / "spool"
 STATE = ROOT / ".state"
 CONFIG = STATE / "demo-spoold.yaml"
-JOBS = ["chat", "completions", "with-bad-lines", "embeddings"]
+JOBS = ["chat", "completions", "with-bad-lines", "embeddings", "function-calling"]
 
 
 def say(text: str) -> None:
@@ -88,7 +88,7 @@ def job_samples(job: Path, width: int = 72) -> list[str]:
         first = min(outputs, key=lambda r: order.get(r["custom_id"], len(order)))  # the earliest input line's answer
         body = first["response"]["body"]
         choice = body["choices"][0]
-        answer = choice["message"]["content"] if "message" in choice else choice["text"]
+        answer = _answer(choice)
         asked = _question(inputs.get(first["custom_id"]) or {})
         lines.append(f"  {first['custom_id']}: {_short(asked, width // 2)!r} -> {_short(answer, width)!r}")
     else:
@@ -103,6 +103,16 @@ def job_samples(job: Path, width: int = 72) -> list[str]:
 def _records(path: Path) -> list[dict]:
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     return [json.loads(line) for line in text.split("\n") if line.strip()]
+
+
+def _answer(choice: dict) -> str:
+    """A chat answer's text, or its tool calls as name(arguments)."""
+    if "message" not in choice:
+        return choice["text"]
+    calls = choice["message"].get("tool_calls") or []
+    if calls:
+        return "; ".join(f"{c['function']['name']}({c['function']['arguments']})" for c in calls)
+    return choice["message"]["content"] or ""
 
 
 def _question(body: dict) -> str:

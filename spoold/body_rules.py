@@ -110,6 +110,94 @@ def response_format(key: str, value: Any) -> dict[str, Any] | None:
     raise RuleError(f"{key}.type must be text, json_object or json_schema, got {kind!r}")
 
 
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+"""The values vLLM's ChatCompletionRequest takes (OpenAI's, plus DeepSeek's `max`)."""
+TOOL_CHOICES = ("none", "auto", "required")
+NAMED_TOOL_CHOICE = '{"type": "function", "function": {"name": "..."}}'
+
+
+def template_kwargs(key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise RuleError(f"{key} must be an object (e.g. {{\"enable_thinking\": false}})")
+    return value
+
+
+def reasoning_effort(key: str, value: Any) -> str:
+    if value not in REASONING_EFFORTS:
+        raise RuleError(f"{key} must be one of {', '.join(REASONING_EFFORTS)}, got {_short(value)}")
+    return value
+
+
+def tools(key: str, value: Any) -> list[str]:
+    """OpenAI `tools`: a non-empty list of functions, each with a unique name and a JSON schema. Returns the names."""
+    if not isinstance(value, list) or not value:
+        raise RuleError(f"{key} must be a non-empty list of tools (or left out)")
+    names: list[str] = []
+    for i, tool in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            raise RuleError(f"{where} must be an object with type \"function\"")
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise RuleError(f"{where}.function must be an object with a name")
+        name = function.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise RuleError(f"{where}.function.name must be a non-empty string")
+        if name in names:
+            raise RuleError(f"{key} names the function {_short(name)} twice")
+        names.append(name)
+        description = function.get("description")
+        if description is not None and not isinstance(description, str):
+            raise RuleError(f"{where}.function.description must be a string")
+        if function.get("strict") is not None:
+            boolean(f"{where}.function.strict", function["strict"])
+        parameters = function.get("parameters")
+        if parameters is not None:
+            json_schema(f"{where}.function.parameters", parameters)
+    return names
+
+
+def json_schema(key: str, value: Any) -> dict[str, Any]:
+    """A JSON schema object, checked against its metaschema (so `{"type": "objekt"}` is refused offline)."""
+    if not isinstance(value, dict):
+        raise RuleError(f"{key} must be a JSON schema object, got {_short(value)}")
+    import jsonschema  # imported here: most lines carry no schema
+
+    try:
+        jsonschema.validators.validator_for(value).check_schema(value)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path)
+        raise RuleError(f"{key} is not a valid JSON schema{f' at {where}' if where else ''}: {_cut(exc.message)}") from None
+    return value
+
+
+def tool_choice(key: str, value: Any, tool_names: list[str] | None) -> str | None:
+    """"none" | "auto" | "required" | a named function among `tool_names`; returns the named function or None."""
+    if isinstance(value, str):
+        if value not in TOOL_CHOICES:
+            raise RuleError(f"{key} must be none, auto, required or {NAMED_TOOL_CHOICE}, got {_short(value)}")
+        if value != "none" and tool_names is None:
+            raise RuleError(f"{key} {value!r} needs tools")
+        return None
+    function = value.get("function") if isinstance(value, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or not name or value.get("type", "function") != "function":
+        raise RuleError(f"{key} must be none, auto, required or {NAMED_TOOL_CHOICE}")
+    if tool_names is None:
+        raise RuleError(f"{key} names the function {_short(name)} but the request has no tools")
+    if name not in tool_names:
+        raise RuleError(f"{key} names the function {_short(name)}, which is not among the tools ({', '.join(tool_names)})")
+    return name
+
+
+def _short(value: Any) -> str:
+    return _cut(repr(value))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
 def max_tokens(key: str, value: Any) -> int:
     return integer(key, value, low=1, high=MAX_TOKENS_LIMIT)
 
@@ -153,22 +241,26 @@ COPIED: dict[str, Callable[[str, Any], Any]] = {
 }
 """Keys copied to SamplingParams under the same name, each with its check."""
 
-MAPPED = frozenset({"max_tokens", "max_completion_tokens", "logprobs", "top_logprobs", "response_format"})
-"""Keys the engine maps rather than copies."""
+MAPPED = frozenset(
+    {"max_tokens", "max_completion_tokens", "logprobs", "top_logprobs", "response_format", "chat_template_kwargs",
+     "reasoning_effort"}
+)
+"""Keys the engine maps rather than copies (the last two go to the chat template, see engine/tools.py)."""
 
 SAMPLING_KEYS = frozenset(COPIED) | MAPPED
 """Every key allowed in a profile's or a sidecar's `sampling` defaults."""
 
 IGNORED = frozenset(
     {"model", "messages", "prompt", "user", "stream", "stream_options", "metadata", "store", "service_tier",
-     "chat_template_kwargs", "add_generation_prompt", "parallel_tool_calls"}
+     "add_generation_prompt"}
 )
 """Known keys that carry no sampling meaning (the prompt, bookkeeping, streaming in a batch)."""
 
 UNSUPPORTED = frozenset(
-    {"tools", "tool_choice", "functions", "function_call", "echo", "suffix", "best_of", "audio",
-     "modalities", "prediction", "reasoning_effort", "web_search_options", "logit_bias_type"}
+    {"functions", "function_call", "echo", "suffix", "best_of", "audio",
+     "modalities", "prediction", "web_search_options", "logit_bias_type"}
 )
+"""`functions` / `function_call` are OpenAI's deprecated forms of `tools` / `tool_choice` (vLLM refuses them too)."""
 
 
 def check_value(key: str, value: Any, kind: str | None, name: str | None = None) -> Any:
@@ -186,8 +278,18 @@ _VALUE_CHECKS: dict[str, Callable[[str, Any, str | None], Any]] = {
     "logprobs": logprobs,
     "top_logprobs": top_logprobs,
     "response_format": lambda n, v, k: response_format(n, v),
+    "chat_template_kwargs": lambda n, v, k: template_kwargs(n, v),
+    "reasoning_effort": lambda n, v, k: reasoning_effort(n, v),
 }
-_BODY_KEYS: dict[str, Callable[[str, Any, str | None], Any] | None] = {**dict.fromkeys(IGNORED), **_VALUE_CHECKS}
+_TOOL_KEYS: dict[str, Callable[[str, Any, str | None], Any]] = {
+    "tools": lambda n, v, k: tools(n, v),
+    "tool_choice": lambda n, v, k: None,  # checked against the tools below
+    "parallel_tool_calls": lambda n, v, k: boolean(n, v),
+}
+"""Chat-only body keys (not sampling defaults)."""
+_BODY_KEYS: dict[str, Callable[[str, Any, str | None], Any] | None] = {
+    **dict.fromkeys(IGNORED), **_VALUE_CHECKS, **_TOOL_KEYS
+}
 """Every known body key: its check, or None for keys without sampling meaning (one lookup per key)."""
 
 
@@ -205,6 +307,17 @@ def check_body(body: Mapping[str, Any], kind: str) -> None:
             raise RuleError(f"unknown request parameter {key!r}") from None
         if check is not None and value is not None:
             check(key, value, kind)
+    if body.get("tools") is not None or body.get("tool_choice") is not None:
+        check_tools(body, kind)
+
+
+def check_tools(body: Mapping[str, Any], kind: str) -> str | None:
+    """`tools` and `tool_choice` together (as vLLM checks them); returns the named function, if any."""
+    if kind != "chat":
+        raise RuleError("tools and tool_choice are chat parameters")
+    names = tools("tools", body["tools"]) if body.get("tools") is not None else None
+    choice = body.get("tool_choice")
+    return tool_choice("tool_choice", choice, names) if choice is not None else None
 
 
 def body_problem(kind: str, body: Mapping[str, Any]) -> str | None:

@@ -35,14 +35,23 @@ build, chunked prefill off on CPU, a profile's `enforce_eager`): logged at info,
 host's `journalctl -p warning` stays empty. Every other vLLM warning stays a warning."""
 
 
+VLLM_LINE_OUTCOMES = ("Error in extracting tool call from response.",)
+"""vLLM errors about one answer, not the daemon: a tool parser that cannot read a model's call (e.g. one
+cut short by max_tokens; the line's answer keeps the text as content). Logged at info, without the
+traceback, so one bad answer per line of a batch does not fill the journal with errors."""
+
+
 class VllmNoticeFilter(logging.Filter):
-    """Demotes the VLLM_NOTICES records to INFO (a handler filter: it sees every propagated record)."""
+    """Demotes the VLLM_NOTICES and VLLM_LINE_OUTCOMES records to INFO (a handler filter: it sees every
+    propagated record)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.WARNING and record.name.startswith("vllm"):
+        if record.levelno in (logging.WARNING, logging.ERROR) and record.name.startswith("vllm"):
             message = record.getMessage()
-            if any(message.startswith(notice) for notice in VLLM_NOTICES):
+            known = VLLM_NOTICES if record.levelno == logging.WARNING else VLLM_LINE_OUTCOMES
+            if any(message.startswith(notice) for notice in known):
                 record.levelno, record.levelname = logging.INFO, "INFO"
+                record.exc_info, record.exc_text = None, None
                 return logging.getLogger().isEnabledFor(logging.INFO)
         return True
 

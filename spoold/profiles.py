@@ -82,6 +82,13 @@ class ModelProfile(BaseModel):
     cosine similarity) or score (a cross-encoder: score and rerank). None (a local model directory
     named in a sidecar): unknown until loaded; vLLM's model detection decides."""
 
+    tool_call_parser: str | None = None
+    """vLLM's tool-call parser for this model (`--tool-call-parser`, e.g. hermes, llama3_json): without one,
+    chat lines may carry tools only with tool_choice "none"."""
+    reasoning_parser: str | None = None
+    """vLLM's reasoning parser (`--reasoning-parser`, e.g. qwen3): the thinking goes to
+    message.reasoning_content, and reasoning_effort is accepted."""
+
     @property
     def serves(self) -> frozenset[str] | None:
         """The line kinds (lines.URL_KINDS values) this model answers; None: not known offline."""

@@ -41,11 +41,25 @@ MAX_POSITIONS = 2048
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}"
+    "{{ '<|system|>\nYou may call these functions. To call one, answer '"
+    " + '<tool_call>{\"name\": NAME, \"arguments\": {...}}</tool_call>\n<tools>\n' }}"
+    "{% for tool in tools %}{{ (tool | tojson) + '\n' }}{% endfor %}"
+    "{{ '</tools><|end|>\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{{ '<tool_call>' + ({'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson)"
+    " + '</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|end|>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
+"""Renders `tools` (a system turn listing them) and assistant `tool_calls` the Hermes way, so the
+profile's `hermes` tool-call parser reads the answers; without tools the prompt is as before.
+The engine renders built-in models with this template, whatever build is on disk."""
 
 # Written for spoold (plain, varied English so BPE learns useful merges).
 _CORPUS = """\

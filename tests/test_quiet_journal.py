@@ -55,6 +55,16 @@ def test_vllm_configuration_notices_are_info_other_warnings_stay(caplog: pytest.
     for name, message, level in cases:
         record = logging.LogRecord(name, logging.WARNING, __file__, 1, message, (), None)
         assert filt.filter(record) and record.levelname == level, (name, message)
+    try:
+        raise ValueError("Expecting property name enclosed in double quotes")
+    except ValueError:
+        import sys
+
+        error = logging.LogRecord("vllm.tool_parsers.hermes_tool_parser", logging.ERROR, __file__, 1,
+                                  "Error in extracting tool call from response.", (), sys.exc_info())  # fmt: skip
+    assert filt.filter(error) and error.levelname == "INFO" and error.exc_info is None  # one answer's outcome
+    other = logging.LogRecord("vllm.v1.engine", logging.ERROR, __file__, 1, "EngineCore failed", (), None)
+    assert filt.filter(other) and other.levelname == "ERROR"
     caplog.set_level(logging.WARNING)  # logging.level: warning: a demoted notice is not shown at all
     assert not filt.filter(logging.LogRecord("vllm.config.vllm", logging.WARNING, __file__, 1, notice, (), None))
 

