@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import threading
 import time
@@ -23,7 +24,7 @@ from types import FrameType
 
 from spoold import claim as claims
 from spoold import lease as leases
-from spoold import nodelock, spoolperms
+from spoold import devices, nodelock, spoolperms
 from spoold.active import ActiveJob, JobContext
 from spoold.config import Config, load_config
 from spoold.engine import load_engine
@@ -113,6 +114,7 @@ class Daemon:
         self._last_trouble: str | None = None
         self._last_status = 0.0
         self._tracebacks_told: set[str] = set()
+        self._left_to_others: set[str] = set()  # jobs whose model needs more GPUs than we see (logged once)
         self._split_spool: str | None = None  # found on a reload: no new work until a reload finds it fixed
         self._watcher: InboxWatcher | None = None
         self._ctx = self._new_context()
@@ -291,7 +293,7 @@ class Daemon:
             chosen = self.intake.ready.pick(self._current_model(), now, switch_after)
             if chosen is None:
                 return None
-            if self._not_before.get(chosen.name, 0) > now or chosen.name in self.starting:
+            if self._not_before.get(chosen.name, 0) > now or chosen.name in self.starting or self._too_big(chosen.name, chosen.model):
                 self.intake.ready.discard(chosen.name)  # seen again at the next rescan
                 continue
             return _Choice(chosen, self.intake.verdicts.get(chosen.name, Verdict.READY))
@@ -569,8 +571,19 @@ class Daemon:
             if record.retry_after > now:
                 continue
             priority, model = self._peek_file(job.name, job.meta)
+            if self._too_big(job.name, model):
+                continue
             found.append(_Choice(Candidate(job.name, priority, record.claimed_at, model), None, job, current))
         return found
+
+    def _too_big(self, name: str, model: str | None) -> bool:
+        """A job whose model needs more GPUs than CUDA_VISIBLE_DEVICES lists is left to a daemon with more."""
+        profile = self.profiles.get(model) if model else None
+        reason = profile and devices.model_problem(model, profile.engine_args, self.config.engine.engine_args, os.environ)
+        if reason and name not in self._left_to_others:
+            self._left_to_others.add(name)
+            log.info("left to another daemon on the spool: %s", reason, extra={"job": name})
+        return bool(reason)
 
     def _peek(self, name: str) -> tuple[int, str | None]:
         return self._peek_file(name, self.spool.inbox / f"{name}{SIDECAR_SUFFIX}")
@@ -640,9 +653,10 @@ class Daemon:
 
 
 def hold_node(config: Config, run_id: str | None = None) -> nodelock.NodeLock:
-    """Before anything else starts: the spool must be usable and our node id ours alone (one line otherwise)."""
+    """Before anything else starts: the spool usable, the GPUs enough for engine.engine_args,
+    our node id ours alone (one line otherwise)."""
     root = Spool(config.spool_dir).root
-    problem = Spool(root).check() or split_spool_problem(root)
+    problem = Spool(root).check() or split_spool_problem(root) or devices.site_problem(config.engine.engine_args, os.environ)
     if problem:
         raise SpooldError(problem)
     return nodelock.acquire(root, config.node, config.lease_seconds, run_id)
