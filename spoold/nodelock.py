@@ -248,7 +248,7 @@ def acquire(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise NodeTaken(f"cannot create {folder} ({exc.strerror}): the daemon's user must be able to write the spool root") from None
+        raise SpooldError(f"cannot create {folder} ({exc.strerror}): the daemon's user must be able to write the spool root") from None
     me = me or current_me()
     run = run or uuid.uuid4().hex
     watched: tuple[int, float, str] | None = None

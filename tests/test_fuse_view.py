@@ -26,7 +26,7 @@ from spoold.watcher import choose_mode
 
 pytestmark = pytest.mark.slow
 
-LINES = 40
+LINES = 60
 SLOW = {"SPOOLD_ECHO_DELAY": "0.05"}
 
 
@@ -50,15 +50,18 @@ def fuse_view(real: Path, view: Path) -> Iterator[Path]:
 
 
 def _owner(spool: Path, name: str) -> str | None:
+    """Who holds a job that has committed a chunk and is far from its end (a kill now leaves it half done)."""
     job = spool / "processing" / name
-    if not (job / ".spoold" / "checkpoint.json").exists():
+    try:
+        next_line = json.loads((job / ".spoold" / "checkpoint.json").read_text())["next_line"]
+    except (OSError, ValueError):
         return None
     lease = current(JobDir(job))
-    return lease.node if lease else None
+    return lease.node if lease and next_line <= LINES // 2 else None
 
 
 def _working(spool: Path, node: str) -> list[str]:
-    """The processing/ jobs `node` owns that have committed a checkpoint."""
+    """The processing/ jobs `node` owns, half done."""
     try:
         names = [p.name for p in (spool / "processing").iterdir() if not p.name.startswith(".")]
     except FileNotFoundError:
@@ -96,8 +99,8 @@ def test_two_views_of_one_spool_fuse_and_real_with_takeovers(tmp_path: Path) -> 
             # the FUSE side restarts at once (same node id, its old pid gone); kill -9 the real side mid-job
             fuse_side.start(SLOW)
             wait_for(lambda: _working(real_side.spool, "real-side"), 60, interval=0.02, what="the real side to commit a chunk")
-            real_side.kill()
             orphaned = _working(real_side.spool, "real-side")
+            real_side.kill()
             # only the FUSE side now: it hears of real-side drops by polling, and takes the real side's jobs over
             for i in range(6, 8):
                 drop(real_side.inbox, f"via-real-{i}")
