@@ -56,6 +56,8 @@ class JobContext:
     handler_names: set[str] | None = None
     prevalidated: Callable[[Path, str, Callable[[], bool]], ValidationSummary | None] | None = None
     """A validating pass done ahead of time for this very input file, if any (see prevalidate.py)."""
+    run_id: str = ""
+    """This daemon process's run (its node lock, nodelock.py); recorded with each attempt it opens."""
 
 
 @dataclass

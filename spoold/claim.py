@@ -70,12 +70,17 @@ def claim(spool: Spool, name: str, node: str, turn: AbstractContextManager[objec
 
 
 def recover_claims(spool: Spool, node: str, lease_seconds: float) -> list[JobDir]:
-    """Finish staged claims this node left, and anyone's that have been stale for a lease period."""
+    """Finish staged claims this node left, and anyone's that have been stale for a lease period.
+
+    "This node left" means an earlier process with our node id (one live daemon per node id,
+    nodelock.py); a claim of this very process may be in flight on its job-start thread.
+    """
     finished = []
     for staging in spool.staged_claims():
         claimer = _read_claimer(staging)
         age = time.time() - mtime_or_now(staging)
-        if claimer is not None and claimer.node != node and age <= lease_seconds:
+        others = claimer is not None and (claimer.node != node or claimer.pid == os.getpid())
+        if others and age <= lease_seconds:
             continue
         if claimer is None and age <= lease_seconds:
             continue

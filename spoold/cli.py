@@ -23,14 +23,15 @@ def _spool(args: argparse.Namespace, config: Config) -> Spool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from spoold.daemon import Daemon
+    from spoold.daemon import Daemon, hold_node
     from spoold.logs import setup_logging
 
     config = load_config(args.config)
     setup_logging(config.logging.level, config.logging.format)
     # vLLM otherwise installs its own stdout logging, bypassing journald priorities.
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-    daemon = Daemon(config, args.config)
+    node_lock = hold_node(config)  # a second daemon with our node id stops here, in one line
+    daemon = Daemon(config, args.config, node_lock=node_lock)
     daemon.install_signals()
     return daemon.run()
 

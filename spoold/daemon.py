@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 
 from spoold import claim as claims
 from spoold import lease as leases
-from spoold import spoolperms
+from spoold import devices, nodelock, spoolperms
 from spoold.active import ActiveJob, JobContext
 from spoold.config import Config, load_config
 from spoold.engine import load_engine
@@ -78,11 +80,17 @@ class _Closing:
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: str | None = None, *, loader: Loader = load_engine, service: Service | None = None) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None = None, *, loader: Loader = load_engine, service: Service | None = None,
+        node_lock: nodelock.NodeLock | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.config_path = config_path
         self.spool = Spool(config.spool_dir)
         self.node = config.node
+        self.node_lock = node_lock  # held before the daemon is built by `spoold run` (see hold_node)
+        self.run_id = node_lock.run if node_lock else uuid.uuid4().hex  # this process's run: its lock, the attempts it opens
+        self.exit_code = 0
         self.service = service or Service.create(config)
         self.profiles = load_profiles(config.engine.model_dirs)
         self.engines = EngineManager(config, loader, on_change=self.service.model_changed, load_guard=self.service.loading)
@@ -112,6 +120,7 @@ class Daemon:
         self._last_trouble: str | None = None
         self._last_status = 0.0
         self._tracebacks_told: set[str] = set()
+        self._left_to_others: set[str] = set()  # jobs whose model needs more GPUs than we see (logged once)
         self._split_spool: str | None = None  # found on a reload: no new work until a reload finds it fixed
         self._watcher: InboxWatcher | None = None
         self._ctx = self._new_context()
@@ -128,22 +137,33 @@ class Daemon:
         self.service.stop_signalled.set()
         self.wake.set()
 
+    def _node_lost(self, message: str) -> None:
+        """From the node lock's thread: another daemon now uses our node id. Stop; exit non-zero."""
+        log.error("%s; stopping", message)
+        self.exit_code = 1
+        self.stop_requested = True
+        self.wake.set()
+
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
         self.reload_requested = True
         self.wake.set()
 
     def start(self) -> None:
-        problem = self.spool.check() or split_spool_problem(self.spool.root)
-        if problem:
-            raise SpooldError(problem)
-        for warning in spoolperms.start_warnings(self.spool.root):
-            log.warning("%s", warning)
-        for job in claims.recover_claims(self.spool, self.node, self.config.lease_seconds):
-            log.info("finished an interrupted claim", extra={"job": job.name})
-        self._watcher = InboxWatcher(self.spool.inbox, self.config.watch.mode, self.wake)
-        self._watcher.start()
-        self.keeper.start()
-        self.service.start(self.spool)
+        if self.node_lock is None:
+            self.node_lock = hold_node(self.config, self.run_id)
+        try:
+            self.node_lock.keep(self._node_lost)
+            for warning in spoolperms.start_warnings(self.spool.root):
+                log.warning("%s", warning)
+            for job in claims.recover_claims(self.spool, self.node, self.config.lease_seconds):
+                log.info("finished an interrupted claim", extra={"job": job.name})
+            self._watcher = InboxWatcher(self.spool.inbox, self.config.watch.mode, self.wake)
+            self._watcher.start()
+            self.keeper.start()
+            self.service.start(self.spool)
+        except BaseException:
+            self.node_lock.release()
+            raise
         log.info("spoold ready on %s (node %s, backend %s)", self.spool.root, self.node, self.config.engine.backend)
         self.service.ready()
 
@@ -163,7 +183,7 @@ class Daemon:
             self._drain()
         finally:
             self.shutdown()
-        return 0
+        return self.exit_code
 
     def shutdown(self) -> None:
         self.service.stopping()
@@ -176,6 +196,8 @@ class Daemon:
         self.prevalidator.close()
         self.engines.unload()
         self.service.stop()
+        if self.node_lock is not None:
+            self.node_lock.release()
 
     # ---- one step ----------------------------------------------------------------------------
 
@@ -277,7 +299,7 @@ class Daemon:
             chosen = self.intake.ready.pick(self._current_model(), now, switch_after)
             if chosen is None:
                 return None
-            if self._not_before.get(chosen.name, 0) > now or chosen.name in self.starting:
+            if self._not_before.get(chosen.name, 0) > now or chosen.name in self.starting or self._too_big(chosen.name, chosen.model):
                 self.intake.ready.discard(chosen.name)  # seen again at the next rescan
                 continue
             return _Choice(chosen, self.intake.verdicts.get(chosen.name, Verdict.READY))
@@ -557,8 +579,19 @@ class Daemon:
             if record.retry_after > now:
                 continue
             priority, model = self._peek_file(job.name, job.meta)
+            if self._too_big(job.name, model):
+                continue
             found.append(_Choice(Candidate(job.name, priority, record.claimed_at, model), None, job, current))
         return found
+
+    def _too_big(self, name: str, model: str | None) -> bool:
+        """A job whose model needs more GPUs than CUDA_VISIBLE_DEVICES lists is left to a daemon with more."""
+        profile = self.profiles.get(model) if model else None
+        reason = profile and devices.model_problem(model, profile.engine_args, self.config.engine.engine_args, os.environ)
+        if reason and name not in self._left_to_others:
+            self._left_to_others.add(name)
+            log.info("left to another daemon on the spool: %s", reason, extra={"job": name})
+        return bool(reason)
 
     def _peek(self, name: str) -> tuple[int, str | None]:
         return self._peek_file(name, self.spool.inbox / f"{name}{SIDECAR_SUFFIX}")
@@ -620,8 +653,18 @@ class Daemon:
         return JobContext(
             config=self.config, node=self.node, spool_root=self.spool.root, profiles=self.profiles,
             hooks=self.service.run_hooks(lambda: self.stop_requested), finish_hooks=self.finish_hooks,
-            handler_names={h.name for h in self.config.handlers}, prevalidated=self.prevalidator.take,
+            handler_names={h.name for h in self.config.handlers}, prevalidated=self.prevalidator.take, run_id=self.run_id,
         )  # fmt: skip
 
     def _beat_interval(self) -> float:
         return self.service.watchdog_interval or 60.0
+
+
+def hold_node(config: Config, run_id: str | None = None) -> nodelock.NodeLock:
+    """Before anything else starts: the spool usable, the GPUs enough for engine.engine_args,
+    our node id ours alone (one line otherwise)."""
+    root = Spool(config.spool_dir).root
+    problem = Spool(root).check() or split_spool_problem(root) or devices.site_problem(config.engine.engine_args, os.environ)
+    if problem:
+        raise SpooldError(problem)
+    return nodelock.acquire(root, config.node, config.lease_seconds, run_id)

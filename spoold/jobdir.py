@@ -34,6 +34,9 @@ class JobRecord(BaseModel):
     open_attempt: bool = False
     """True while a run is under way; still true on the next start means that run died."""
     attempt_mark: int = 0
+    attempt_node: str | None = None
+    attempt_run: str = ""
+    """The daemon run (nodelock.py) that opened the attempt: an open attempt whose run still lives was taken over, not crashed."""
     """Progress (checkpoints, validating pass) when the open run started: a dead run counts only if it made none."""
     last_error: str | None = None
     retry_after: float = 0.0

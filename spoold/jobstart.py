@@ -13,6 +13,7 @@ import logging
 import time
 
 from spoold import lease as leases
+from spoold import nodelock
 from spoold.active import ActiveJob, JobContext
 from spoold.checkpoint import Checkpoint, load_checkpoint
 from spoold.config import Config
@@ -52,7 +53,7 @@ def start_job(ctx: JobContext, job: JobDir, lease: leases.Lease, fail_reason: st
         return end_job(ctx, job, rec, JobEnd(rec.status, rec.failure_reason), sidecar, sidecar.model or cfg.engine.default_model)
     checkpoint = load_checkpoint(job.checkpoint)
     if rec.open_attempt:
-        _count_unclean_end(job, rec, checkpoint)
+        _count_unclean_end(ctx, job, rec, checkpoint)
     fail_reason = rec.pending_failure or fail_reason  # e.g. an unsafe input found at claim time
     try:
         sidecar = _load_sidecar(job, ctx)
@@ -67,6 +68,7 @@ def start_job(ctx: JobContext, job: JobDir, lease: leases.Lease, fail_reason: st
     if rec.failures >= cfg.engine.max_attempts:
         return end_job(ctx, job, rec, JobEnd("failed", f"{rec.last_error} ({rec.failures} times; engine.max_attempts is {cfg.engine.max_attempts})"), sidecar, model, checkpoint)
     rec.attempt_mark = _progress_mark(job, checkpoint)
+    rec.attempt_node, rec.attempt_run = ctx.node, ctx.run_id  # who opens it: a run still alive never counts
     if not job.validation.exists() and _size(job.input) >= LONG_PASS_BYTES:
         rec.open_attempt = True  # a crash during a long validating pass may be this input's doing
         job.save_record(rec)
@@ -110,8 +112,16 @@ def _progress_mark(job: JobDir, checkpoint: Checkpoint) -> int:
     return checkpoint.chunks * 2 + (1 if job.validation.exists() else 0)
 
 
-def _count_unclean_end(job: JobDir, rec: JobRecord, checkpoint: Checkpoint) -> None:
-    """A run that died counts against the job only if it committed nothing: then the job may be the cause."""
+def _count_unclean_end(ctx: JobContext, job: JobDir, rec: JobRecord, checkpoint: Checkpoint) -> None:
+    """A run that died counts against the job only if it committed nothing: then the job may be the cause.
+
+    A run whose daemon still lives did not die: its lease was taken over (it stalled past
+    lease_seconds); it stops at its next renewal, and that never counts against the job.
+    """
+    alive = nodelock.live_run(ctx.spool_root, rec.attempt_node, rec.attempt_run, ctx.config.lease_seconds)
+    if alive is not None:
+        log.info("the previous run's daemon (node %s, %s) is alive: its lease was taken over, not a crash; not counted", alive.node, alive.describe(), extra={"job": job.name})
+        return
     if _progress_mark(job, checkpoint) > rec.attempt_mark:
         log.info("the previous run ended without a clean stop after making progress; resuming without counting it", extra={"job": job.name})
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 from pathlib import Path
@@ -68,6 +69,21 @@ def test_interrupted_claim_is_finished_on_restart(tmp_path: Path) -> None:
     assert job.name == "half" and job.meta.exists() and job.input.exists()
     assert leases.current(job) is not None and leases.current(job).node == "n1"
     assert list(spool.inbox.iterdir()) == []
+
+
+def test_a_claim_of_this_very_process_is_left_to_finish(tmp_path: Path) -> None:
+    """Recovery runs on the main thread while the job-start thread may be mid-claim (same node, same pid)."""
+    spool = Spool(tmp_path)
+    spool.init()
+    drop_job(spool.inbox, "busy", [chat_line("a", "hi")], {})
+    staging = spool.processing / ".claim-inflight"
+    (staging / ".spoold").mkdir(parents=True)
+    (staging / ".spoold" / "claimer.json").write_text(json.dumps({"node": "n1", "pid": os.getpid(), "name": "busy", "at": 0}))
+    os.rename(spool.inbox / "busy.jsonl", staging / "input.jsonl")
+    assert recover_claims(spool, "n1", lease_seconds=3600) == []
+    assert staging.is_dir()
+    [job] = recover_claims(spool, "n1", lease_seconds=0)  # unless it is older than a lease period
+    assert job.name == "busy"
 
 
 def _acquire_worker(path: str, node: str, start: mp.synchronize.Barrier, out: mp.Queue) -> None:  # type: ignore[name-defined]

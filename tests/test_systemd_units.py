@@ -184,3 +184,26 @@ def test_example_config_handler_examples_parse() -> None:
     example = "handlers:\n" + "".join(line[2:] + "\n" for line in block.splitlines())
     config = parse_config(example, "commented handlers example")
     assert {h.type for h in config.handlers} == {"webhook", "exec", "copy", "python"}
+
+
+def test_gpu_group_drop_in_verifies(verify_root: Path) -> None:
+    """systemd/gpu-group.conf installed as a drop-in of one instance (models larger than one GPU)."""
+    drop_ins = verify_root / "etc/systemd/system/spoold@0.service.d"
+    drop_ins.mkdir(parents=True, exist_ok=True)
+    text = (REPO / "systemd" / "gpu-group.conf").read_text()
+
+    def verify(drop_in: str) -> str:
+        (drop_ins / "gpu-group.conf").write_text(drop_in)
+        result = subprocess.run(
+            [systemd_analyze(), "verify", f"--root={verify_root}", "--man=no", "spoold@0.service"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0
+        return (result.stdout + result.stderr).strip()
+
+    try:
+        output = verify(text)
+        assert not [line for line in output.splitlines() if "spoold" in line], output
+        assert "Environmnt" in verify(text.replace("Environment=CUDA", "Environmnt=CUDA"))  # the drop-in is read
+    finally:
+        shutil.rmtree(drop_ins)
