@@ -250,11 +250,15 @@ def section_deep_inbox(work: Path, depths: tuple[int, ...] = (200, 2_000, 20_000
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=list(SECTIONS))
+    parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--requests", type=int, default=8192)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=HERE / "core_loop.md")
     args = parser.parse_args()
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    args.sections = args.sections or list(SECTIONS)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="spoold-core-") as tmp:
