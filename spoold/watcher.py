@@ -69,6 +69,18 @@ class _Hints(FileSystemEventHandler):
         self._event.set()
 
 
+MOVE_PAIRING_DELAY = 0.005
+"""watchdog holds an unmatched IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO, and its
+event queue is FIFO: every claim moves a file out of the inbox (unmatched there), so every event
+behind it, such as the next sidecar's arrival, waited half a second. The hints need names, not pairs."""
+
+
+def _no_move_pairing_delay() -> None:
+    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+    InotifyMoveEventGrouper.delay = MOVE_PAIRING_DELAY  # read when the observer builds its grouper
+
+
 class InboxWatcher:
     def __init__(self, inbox: Path, mode: str, wake: threading.Event) -> None:
         self.inbox = inbox
@@ -77,6 +89,7 @@ class InboxWatcher:
         self._names: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._observer: BaseObserver | None = None
         if self.mode == "inotify":
+            _no_move_pairing_delay()
             self._observer = Observer()
             self._observer.schedule(_Hints(wake, self._names), str(inbox), recursive=False)
 

@@ -104,6 +104,7 @@ class VllmEngine(Engine):
         try:
             from vllm import EngineArgs
             from vllm.platforms import current_platform
+            from vllm.usage.usage_lib import UsageContext
             from vllm.v1.engine.llm_engine import LLMEngine
 
             check_engine_arg_names(engine_args, EngineArgs)
@@ -114,7 +115,9 @@ class VllmEngine(Engine):
                 engine_args.setdefault("reasoning_parser", profile.reasoning_parser)
             args = EngineArgs(model=model_path, served_model_name=[profile.name], **engine_args)
             with hub_offline(local):
-                llm = LLMEngine.from_engine_args(args)
+                # An offline batch engine, like vLLM's LLM class: its scheduler defaults (max_num_seqs,
+                # max_num_batched_tokens) are the offline ones, twice the bare engine's on CPU.
+                llm = LLMEngine.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
             try:
                 engine = cls(
                     profile.name,
