@@ -5,6 +5,8 @@ One pooling engine per test session (`embed_engine` in conftest.py).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import base64
 import math
 from typing import Any
@@ -19,14 +21,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 
 def run(engine: Any, *requests: EngineRequest) -> dict[int, EngineResult]:
+    """Add every request with its line as its engine key (as the engine loop gives unique keys); results by line."""
     results: dict[int, EngineResult] = {}
     for request in requests:
-        rejected = engine.add(request)
+        rejected = engine.add(replace(request, key=request.line))
         if rejected is not None:
-            results[rejected.line] = rejected
+            results[rejected.key] = rejected
     while engine.in_flight():
         for result in engine.step():
-            results[result.line] = result
+            results[result.key] = result
     assert sorted(results) == sorted(r.line for r in requests)
     return results
 
