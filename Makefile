@@ -1,6 +1,6 @@
 # make test  - create .venv, install spoold with the CPU vLLM build and test extras, run every test
 # make demo  - set up, build the tiny model, run the daemon on ./spool and process examples/ with real vLLM
-# make bench - run the benchmarks and write benchmarks/results.md
+# make bench - run the benchmarks and write benchmarks/results.md and benchmarks/core_loop.md
 # make fuzz  - the fuzz tests at 100x CI's size with a fresh seed (FUZZ_SEED=N reproduces a failure)
 PYTHON ?= python3
 VENV ?= .venv
@@ -32,6 +32,7 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/core_loop.py
 
 fuzz: install
 	@echo "fuzzing with SPOOLD_FUZZ_SEED=$(FUZZ_SEED) SPOOLD_FUZZ_SCALE=$(FUZZ_SCALE)"
