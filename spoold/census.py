@@ -111,3 +111,18 @@ def _entries(folder: Path) -> list[os.DirEntry[str]]:
         return []
 
 
+def job_mtimes(folder: Path, dirs_only: bool = False) -> list[tuple[str, float]]:
+    """(name, mtime) of each job in a state folder: one stat per entry, no reads; hidden names
+    skipped, entries removed while we look ignored, a missing folder empty."""
+    found = []
+    for entry in _entries(folder):
+        if entry.name.startswith(".") or entry.name.endswith(IGNORED_SUFFIXES):
+            continue
+        try:
+            mtime = entry.stat(follow_symlinks=False).st_mtime
+            if dirs_only and not entry.is_dir(follow_symlinks=False):
+                continue
+        except FileNotFoundError:
+            continue  # pruned, requeued or renamed while we looked
+        found.append((entry.name, mtime))
+    return found

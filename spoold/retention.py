@@ -10,15 +10,14 @@ be due. Only the few that pass the screen have their batch.json read.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spoold.census import job_mtimes
 from spoold.config import RetentionConfig
 from spoold.fsutil import read_json
-from spoold.names import is_ignored
 
 FINISHED = ("done", "failed")
 END_FIELDS = ("completed_at", "failed_at", "cancelled_at")
@@ -59,20 +58,7 @@ def find_due(spool_root: Path, retention: RetentionConfig, now: float) -> Iterat
 
 def _screened(folder: Path, cutoff: float) -> list[tuple[str, float]]:
     """(name, mtime) of job directories not changed since `cutoff`, oldest first."""
-    found = []
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if is_ignored(entry.name):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed meanwhile
-                if st.st_mtime <= cutoff and entry.is_dir(follow_symlinks=False):
-                    found.append((entry.name, st.st_mtime))
-    except FileNotFoundError:
-        return []
+    found = [(name, mtime) for name, mtime in job_mtimes(folder, dirs_only=True) if mtime <= cutoff]
     return sorted(found, key=lambda item: (item[1], item[0]))
 
 

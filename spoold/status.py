@@ -14,7 +14,7 @@ from spoold import recent
 from spoold.errors import SidecarError
 from spoold.fsutil import mtime_or_now, read_json
 from spoold.jobdir import JobDir
-from spoold.census import SETTLE_NS, count_folder, count_spool
+from spoold.census import SETTLE_NS, count_folder, count_spool, job_mtimes
 from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX, is_ignored
 from spoold.sidecar import parse_sidecar
 from spoold.spool import Spool
@@ -96,19 +96,7 @@ def _names(folder: Path) -> list[str]:
 
 def _recent(folder: Path, count: int) -> list[str]:
     """The `count` most recently changed job names in `folder`, newest first (a stat each, no reads)."""
-    found: list[tuple[float, str]] = []
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if is_ignored(entry.name):
-                    continue
-                try:
-                    found.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
-                except FileNotFoundError:
-                    continue  # pruned or requeued while we looked
-    except FileNotFoundError:
-        return []
-    return [n for _, n in heapq.nlargest(count, found)]
+    return [name for _, name in heapq.nlargest(count, ((mtime, name) for name, mtime in job_mtimes(folder)))]
 
 
 def render(rows: list[dict[str, Any]], spool: Spool, counts: dict[str, int] | None = None, shown_all: bool = True) -> str:

@@ -13,6 +13,22 @@ from spoold.jobstart import start_job
 from spoold.keeper import LeaseKeeper
 
 
+class Hooks:
+    """The jobs' view of the service, for tests: a stop flag, nothing else."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def should_stop(self) -> bool:
+        return self.stop
+
+    def beat(self, status: str) -> None:
+        pass
+
+    def chunk_committed(self, *args: object) -> None:
+        pass
+
+
 def run_inline(ctx: JobContext, engine: Engine, job: JobDir, lease: leases.Lease | None, fail_reason: str | None = None) -> str:
     """Run one job to its end; see run_many."""
     return run_many(ctx, engine, [(job, lease)], fail_reason)[job.name]

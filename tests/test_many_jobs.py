@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from inline_driver import run_many
+from inline_driver import Hooks, run_many
 from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, read_records, wait_for
-from test_runner_crash import Crash, Hooks, ShuffledEngine, make_ctx
+from test_runner_crash import Crash, ShuffledEngine, make_ctx
 
 from spoold import lease as leases
 from spoold.claim import claim

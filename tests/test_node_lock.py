@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from inline_driver import Hooks
 from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, child_env, drop_job, wait_for
 
 from spoold import lease as leases
@@ -128,17 +129,6 @@ def test_node_ids_are_quoted_into_file_names(tmp_path: Path) -> None:
 # ---- a taken-over run is not a crash ---------------------------------------------------------
 
 
-class _Hooks:
-    def should_stop(self) -> bool:
-        return False
-
-    def beat(self, status: str) -> None:
-        pass
-
-    def chunk_committed(self, *args: object) -> None:
-        pass
-
-
 @pytest.mark.parametrize("alive", [True, False])
 def test_an_open_attempt_counts_only_if_its_daemon_is_gone(tmp_path: Path, alive: bool) -> None:
     spool = Spool(tmp_path)
@@ -148,7 +138,7 @@ def test_an_open_attempt_counts_only_if_its_daemon_is_gone(tmp_path: Path, alive
     assert job is not None
     config = Config(spool_dir=tmp_path, engine={"backend": "echo"}, lease_seconds=60)
     lock_a = nodelock.acquire(tmp_path, "node-a", 60)  # node-a's daemon: this process stands in for it
-    ctx_a = JobContext(config=config, node="node-a", spool_root=tmp_path, profiles=load_profiles(), hooks=_Hooks(), run_id=lock_a.run)
+    ctx_a = JobContext(config=config, node="node-a", spool_root=tmp_path, profiles=load_profiles(), hooks=Hooks(), run_id=lock_a.run)
     started = start_job(ctx_a, job, leases.current(job))
     assert started is not None and not isinstance(started, str)
     record = job.load_record()
@@ -159,7 +149,7 @@ def test_an_open_attempt_counts_only_if_its_daemon_is_gone(tmp_path: Path, alive
     if not alive:
         lock_a.release()  # node-a's daemon is gone: its open attempt was a crash
     taken = leases.acquire(job, "node-b", leases.current(job))
-    ctx_b = JobContext(config=config, node="node-b", spool_root=tmp_path, profiles=load_profiles(), hooks=_Hooks(), run_id="run-b")
+    ctx_b = JobContext(config=config, node="node-b", spool_root=tmp_path, profiles=load_profiles(), hooks=Hooks(), run_id="run-b")
     assert start_job(ctx_b, job, taken) is not None
     assert job.load_record().failures == (0 if alive else 1)
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from inline_driver import run_inline
+from inline_driver import Hooks, run_inline
 from spoold_helpers import SpooldProcess, chat_line, drop_job, read_records
 
 from spoold.active import JobContext
@@ -131,17 +131,6 @@ class PickyEngine(EchoEngine):
         if request.custom_id == "poison":
             raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
         return super().add(request)
-
-
-class Hooks:
-    def should_stop(self) -> bool:
-        return False
-
-    def beat(self, status: str) -> None:
-        pass
-
-    def chunk_committed(self, *args: object) -> None:
-        pass
 
 
 def test_exception_in_engine_add_is_that_requests_error(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from inline_driver import run_inline, run_many
+from inline_driver import Hooks, run_inline, run_many
 from spoold_helpers import assert_exactly_once, chat_line, drop_job
 
 from spoold import lease as leases
@@ -60,20 +60,6 @@ class ShuffledEngine(Engine):
 
     def abort_all(self) -> None:
         self._pending.clear()
-
-
-class Hooks:
-    def __init__(self) -> None:
-        self.stop = False
-
-    def should_stop(self) -> bool:
-        return self.stop
-
-    def beat(self, status: str) -> None:
-        pass
-
-    def chunk_committed(self, *args: object) -> None:
-        pass
 
 
 def make_ctx(spool: Spool, hooks: Hooks, config: Config) -> JobContext:
