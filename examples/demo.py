@@ -87,8 +87,7 @@ def job_samples(job: Path, width: int = 72) -> list[str]:
         order = {custom_id: i for i, custom_id in enumerate(inputs)}
         first = min(outputs, key=lambda r: order.get(r["custom_id"], len(order)))  # the earliest input line's answer
         body = first["response"]["body"]
-        choice = body["choices"][0]
-        answer = _answer(choice)
+        answer = _answer(body["choices"][0]) if "choices" in body else _pooled(body)
         asked = _question(inputs.get(first["custom_id"]) or {})
         lines.append(f"  {first['custom_id']}: {_short(asked, width // 2)!r} -> {_short(answer, width)!r}")
     else:
@@ -98,6 +97,18 @@ def job_samples(job: Path, width: int = 72) -> list[str]:
         error = errors[0]["error"]
         lines.append(f"  first error, line {error.get('line')}: {error['code']}: {_short(error['message'], width)}")
     return lines
+
+
+def _pooled(body: dict) -> str:
+    """An embeddings, score or rerank answer in a few words."""
+    data = body.get("data") or body.get("results") or []
+    first = data[0] if data else {}
+    if "embedding" in first:
+        vector = first["embedding"]
+        size = f"{len(vector)} floats" if isinstance(vector, list) else "base64"
+        return f"{len(data)} embedding(s) of {size}"
+    score = first.get("score", first.get("relevance_score"))
+    return f"{len(data)} score(s), first {score:.3f}" if isinstance(score, (int, float)) else json.dumps(body)[:60]
 
 
 def _records(path: Path) -> list[dict]:
@@ -119,7 +130,11 @@ def _question(body: dict) -> str:
     messages = body.get("messages")
     if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
         return str(messages[-1].get("content", ""))
-    return str(body.get("prompt", ""))
+    for key in ("prompt", "input", "query", "queries"):  # completions, embeddings, rerank, score
+        if key in body:
+            value = body[key]
+            return str(value[0] if isinstance(value, list) and value else value)
+    return ""
 
 
 def _short(text: str, width: int) -> str:

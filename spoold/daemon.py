@@ -76,7 +76,7 @@ class _Choice:
 class _Closing:
     name: str
     future: Future
-    started: float
+    started: float  # when the job was claimed, on the monotonic clock (job duration is claim to finish)
 
 
 class Daemon:
@@ -417,6 +417,7 @@ class Daemon:
             return
         for job in [j for j in self.waiting if j.model == loaded]:
             self.waiting.remove(job)
+            job.started = time.monotonic()  # its running time counts from here, not from a model load it waited for
             self.active.append(job)
 
     def _feed(self) -> bool:
@@ -471,7 +472,7 @@ class Daemon:
             self.io.submit(job.name, commit, job, cut)
         future = self.io.submit(job.name, close, job, job.cut(), how, reason)
         future.add_done_callback(lambda _: self.wake.set())
-        self.closing.append(_Closing(job.name, future, job.started))
+        self.closing.append(_Closing(job.name, future, time.monotonic() - (time.time() - job.record.claimed_at)))
 
     def _act_on_flags(self) -> None:
         """Lost leases, cancels and task errors, noticed by other threads."""
