@@ -17,10 +17,9 @@ import heapq
 import os
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX
-from spoold.readiness import FileStat, InboxEntry, ReadinessRule, Verdict
+from spoold.readiness import FileStat, InboxEntry, ReadinessRule, ReadinessTracker, Verdict
 from spoold.scheduler import Candidate, ReadyQueue
 from spoold.spool import Spool
 
@@ -28,18 +27,11 @@ Peek = Callable[[str], tuple[int, str | None]]
 """name -> (priority, model) from its sidecar in the inbox (defaults without one); model None when it is invalid."""
 
 
-@dataclass
-class _Upload:
-    entry: InboxEntry
-    since: float
-
-
 class Intake:
     def __init__(self, spool: Spool, rule: ReadinessRule, peek: Peek) -> None:
         self.spool = spool
-        self.rule = rule
+        self._uploads = ReadinessTracker(rule.settle, rule.orphan, rule.require_sidecar)
         self._peek = peek
-        self._uploads: dict[str, _Upload] = {}
         self._due: list[tuple[float, str]] = []
         self.ready = ReadyQueue()
         self.verdicts: dict[str, Verdict] = {}
@@ -49,7 +41,7 @@ class Intake:
 
     def waiting(self) -> tuple[int, float | None]:
         """Jobs in the inbox (ready or not) and the oldest input's mtime, for the spool gauges."""
-        mtimes = [u.entry.jsonl.mtime_ns for u in self._uploads.values() if u.entry.jsonl is not None]
+        mtimes = [e.jsonl.mtime_ns for e in self._uploads.entries() if e.jsonl is not None]
         return len(mtimes), (min(mtimes) / 1e9 if mtimes else None)
 
     # ---- sources of change ---------------------------------------------------------------
@@ -60,7 +52,7 @@ class Intake:
 
     def rescan(self, now: float) -> None:
         current = {e.name: e for e in self.spool.scan_inbox()}
-        for name in [n for n in self._uploads if n not in current]:
+        for name in [e.name for e in self._uploads.entries() if e.name not in current]:
             self._observe(name, None, now)
         for name, entry in current.items():
             self._observe(name, entry, now)
@@ -82,7 +74,7 @@ class Intake:
 
     def taken(self, name: str) -> None:
         """Claimed (or gone): forget it; a new upload of the same name starts afresh."""
-        self._uploads.pop(name, None)
+        self._uploads.forget(name)
         self.ready.discard(name)
         self.verdicts.pop(name, None)
 
@@ -92,18 +84,14 @@ class Intake:
         if entry is None or (entry.jsonl is None and entry.yaml is None):
             self.taken(name)
             return
-        upload = self._uploads.get(name)
-        if upload is None or upload.entry != entry:
-            upload = self._uploads[name] = _Upload(entry, now)
+        changed, verdict = self._uploads.see(entry, now)
+        if changed:
             self.ready.discard(name)
             self.verdicts.pop(name, None)
-            needed = self.rule.needed(entry)
+            needed = self._uploads.needed(entry)
             if needed is not None:
                 heapq.heappush(self._due, (now + needed, name))
-        if name in self.ready:
-            return
-        verdict = self.rule.judge(entry, now - upload.since)
-        if verdict is None:
+        if name in self.ready or verdict is None:
             return
         priority, model = self._peek(name)
         assert entry.jsonl is not None

@@ -53,28 +53,35 @@ class ReadinessRule:
 
 @dataclass
 class ReadinessTracker(ReadinessRule):
-    """Judges whole scans of the inbox (see intake.py for the incremental form the daemon uses)."""
+    """Each upload's stats and since when they are unchanged; `see` one upload (the intake does,
+    on each hint) or `observe` a whole scan."""
 
     _seen: dict[str, tuple[InboxEntry, float]] = field(default_factory=dict)
 
+    def see(self, entry: InboxEntry, now: float) -> tuple[bool, Verdict | None]:
+        """Record one upload as it is now: (changed since last seen, verdict or None)."""
+        previous = self._seen.get(entry.name)
+        changed = previous is None or previous[0] != entry
+        if changed:
+            self._seen[entry.name] = (entry, now)
+        return changed, self.judge(entry, 0.0 if changed else now - previous[1])
+
     def observe(self, entries: list[InboxEntry], now: float) -> dict[str, Verdict]:
-        """Feed one scan of the inbox; return the names that are decided, with their verdict."""
-        verdicts: dict[str, Verdict] = {}
+        """Feed one whole scan of the inbox; return the names that are decided, with their verdict."""
         current = {e.name: e for e in entries}
-        for name in list(self._seen):
-            if name not in current:
-                del self._seen[name]
-        for name, entry in current.items():
-            previous = self._seen.get(name)
-            if previous is None or previous[0] != entry:
-                self._seen[name] = (entry, now)
-                still_for = 0.0
-            else:
-                still_for = now - previous[1]
-            verdict = self.judge(entry, still_for)
-            if verdict is not None:
-                verdicts[name] = verdict
-        return verdicts
+        for name in [n for n in self._seen if n not in current]:
+            self.forget(name)
+        verdicts = {name: self.see(entry, now)[1] for name, entry in current.items()}
+        return {name: v for name, v in verdicts.items() if v is not None}
 
     def forget(self, name: str) -> None:
         self._seen.pop(name, None)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def entries(self) -> list[InboxEntry]:
+        return [entry for entry, _ in self._seen.values()]
