@@ -12,10 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from pydantic import BaseModel, ValidationError
 
@@ -96,31 +93,3 @@ def _generations(job: JobDir) -> list[int]:
     except FileNotFoundError:
         return []
     return [int(m.group(1)) for m in map(_LEASE.match, names) if m]
-
-
-@contextmanager
-def kept_during(job: JobDir, lease: Lease, interval: float) -> Iterator[list[Lease]]:
-    """Renew `lease` from a helper thread while the caller blocks (a model load can take minutes).
-
-    Only the lease is kept alive this way; the watchdog still sees the blocked loop.
-    Yields a one-item list holding the freshest lease.
-    """
-    holder = [lease]
-    done = threading.Event()
-
-    def renew_until_done() -> None:
-        while not done.wait(interval):
-            try:
-                holder[0] = renew(job, holder[0])
-            except LeaseLost:
-                return  # the caller finds out at its next renew and stops
-            except OSError as exc:  # a passing NFS error: keep trying, a lapse would invite a takeover
-                log.warning("renewing the lease of %s failed (%s); retrying", job.name, exc.strerror)
-
-    thread = threading.Thread(target=renew_until_done, name="lease-keeper", daemon=True)
-    thread.start()
-    try:
-        yield holder
-    finally:
-        done.set()
-        thread.join()

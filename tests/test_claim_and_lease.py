@@ -156,14 +156,32 @@ def test_move_job_refuses_unknown_transitions_and_never_overwrites(tmp_path: Pat
         raise AssertionError("done -> processing must be refused")
 
 
-def test_lease_is_kept_alive_while_the_caller_blocks(tmp_path: Path) -> None:
+def test_lease_is_kept_alive_while_the_loop_blocks(tmp_path: Path) -> None:
+    """The keeper renews a claimed job's lease from its own thread while the main loop is busy (a model load)."""
     import time
 
-    job = JobDir(tmp_path / "job")
-    job.state.mkdir(parents=True)
-    lease = leases.acquire(job, "n1", None)
-    assert lease is not None
-    with leases.kept_during(job, lease, interval=0.05) as fresh:
+    from inline_driver import Hooks
+
+    from spoold.active import JobContext
+    from spoold.config import Config
+    from spoold.jobstart import start_job
+    from spoold.keeper import LeaseKeeper
+    from spoold.profiles import load_profiles
+
+    spool = Spool(tmp_path)
+    spool.init()
+    drop_job(spool.inbox, "job", [chat_line("a", "hi")], {})
+    job = claim(spool, "job", "n1")
+    assert job is not None
+    lease = leases.current(job)
+    config = Config(spool_dir=tmp_path, engine={"backend": "echo"}, lease_seconds=0.15)
+    active = start_job(JobContext(config=config, node="n1", spool_root=tmp_path, profiles=load_profiles(), hooks=Hooks()), job, lease)
+    keeper = LeaseKeeper(interval=0.05)
+    keeper.add(active)
+    keeper.start()
+    try:
         time.sleep(0.3)  # stands in for a model load
-    assert fresh[0].renewed_at > lease.renewed_at
-    assert leases.current(job).renewed_at == fresh[0].renewed_at
+    finally:
+        keeper.stop()
+    assert active.lease.renewed_at > lease.renewed_at
+    assert leases.current(job).renewed_at == active.lease.renewed_at
