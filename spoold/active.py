@@ -102,7 +102,7 @@ class ActiveJob:
         self.in_engine = 0
         self.fed = False
         """True once a request went into the engine in this run (the attempt is then opened on disk)."""
-        self.attempt_opened = False
+        self._attempt_opened = False
         # set by other threads (keeper, job I/O), read by the main thread:
         self.lost = False
         self.cancel = False
@@ -182,6 +182,14 @@ class ActiveJob:
         self.progress.finished(line)
         if len(self._records) >= self.chunk_size:
             self._cuts.append(self.cut())
+
+    def attempt_to_open(self) -> bool:
+        """True once, right after the job's first request went into the engine: from then on a crash
+        may be this job's doing, so its attempt is opened on disk (jobcommit.open_attempt)."""
+        if self.fed and not self._attempt_opened:
+            self._attempt_opened = True
+            return True
+        return False
 
     def dropped(self, count: int) -> None:
         """`count` of this job's requests were aborted in the engine: they stay open, re-run on resume."""

@@ -428,8 +428,7 @@ class Daemon:
         try:
             loop.fill(order, self.config.engine.window)
             for job in order:
-                if job.fed and not job.attempt_opened:  # from now on a crash may be this job's doing
-                    job.attempt_opened = True
+                if job.attempt_to_open():
                     self.io.submit(job.name, open_attempt, job)
             loop.step()
         except EngineFailure as exc:
@@ -462,12 +461,16 @@ class Daemon:
         self.loop = None
         self.engines.unload()
 
-    def _close(self, job: ActiveJob, how: str, reason: str | None = None) -> None:
-        """Hand the job's last cut and its end to the job I/O thread; it leaves the engine now."""
+    def _leave(self, job: ActiveJob) -> None:
+        """The job leaves the engine and the keeper: its requests are aborted, its reader closed."""
         if self.loop is not None and job.in_engine:
             self.loop.drop(job)
         job.close_reader()
         self.keeper.remove(job)
+
+    def _close(self, job: ActiveJob, how: str, reason: str | None = None) -> None:
+        """Hand the job's last cut and its end to the job I/O thread; it leaves the engine now."""
+        self._leave(job)
         for cut in job.full_cuts():
             self.io.submit(job.name, commit, job, cut)
         future = self.io.submit(job.name, close, job, job.cut(), how, reason)
@@ -481,12 +484,9 @@ class Daemon:
                 if job.trouble is not None:
                     group.remove(job)
                     self._close(job, "stopped")  # close() reports the trouble
-                elif job.lost:
+                elif job.lost:  # its new owner has it: nothing more is written
                     group.remove(job)
-                    if self.loop is not None:
-                        self.loop.drop(job)
-                    job.close_reader()
-                    self.keeper.remove(job)
+                    self._leave(job)
                 elif job.cancel:
                     group.remove(job)
                     self._close(job, "cancelled")

@@ -74,8 +74,7 @@ def run_many(ctx: JobContext, engine: Engine, jobs: list[tuple[JobDir, leases.Le
         try:
             loop.fill(active, ctx.config.engine.window)
             for a in active:
-                if a.fed and not a.attempt_opened:
-                    a.attempt_opened = True
+                if a.attempt_to_open():
                     open_attempt(a)
             loop.step()
         except EngineFailure as exc:
