@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -35,6 +36,10 @@ from spoold.records import BatchRecord, error_record, success_record
 from spoold.sidecar import Sidecar
 from spoold.validate import ValidationSummary, judge
 from spoold.writer import ResultWriter
+
+
+MAX_PENDING_CUTS = 4
+"""Cuts of one job that may wait for their commit before the job is fed no more."""
 
 
 class JobHooks(Protocol):
@@ -96,6 +101,8 @@ class ActiveJob:
         self._lines: Iterator[RawLine] | None = None
         self._records: list[BatchRecord] = []
         self._cuts: list[Cut] = []
+        self.commits: list[Future] = []
+        """Cuts handed to the job's I/O lane and not committed yet (main thread only)."""
         self._tally = Tally()
         self._chunk_started = time.monotonic()
         self.exhausted = False
@@ -201,6 +208,14 @@ class ActiveJob:
     def drained(self) -> bool:
         """Every line read and answered: the last cut ends the job."""
         return self.exhausted and self.in_engine == 0
+
+    def backlogged(self) -> bool:
+        """Too many cuts wait for their commit: feed this job no more until its lane catches up.
+
+        Keeps memory bounded (at most MAX_PENDING_CUTS x chunk_size records per job) when the
+        disk is slower than the engine, instead of queueing records without end."""
+        self.commits = [f for f in self.commits if not f.done()]
+        return len(self.commits) >= MAX_PENDING_CUTS
 
     def full_cuts(self) -> list[Cut]:
         """Cuts of exactly `chunk_size` records taken as results came in, oldest first."""

@@ -444,11 +444,14 @@ class Daemon:
         self.engines.touch()
         for job in list(self.active):
             for cut in job.full_cuts():
-                self.io.submit(job.name, commit, job, cut)
+                future = self.io.submit(job.name, commit, job, cut)
+                future.add_done_callback(lambda _: self.wake.set())
+                job.commits.append(future)
             if job.drained:
                 self.active.remove(job)
                 self._close(job, "completed")
-        return bool(self.active)
+        # with every job waiting for its commits and nothing in flight, sleep until a commit lands
+        return loop.in_flight() > 0 or any(not j.backlogged() for j in self.active)
 
     def _engine_failed(self, message: str) -> None:
         """The engine as a whole failed: what finished is kept, each active job's attempt counts

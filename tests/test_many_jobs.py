@@ -111,6 +111,9 @@ def test_engine_loop_routes_by_key_and_drops_one_job_only() -> None:
         def dropped(self, count: int) -> None:
             self.in_engine -= count
 
+        def backlogged(self) -> bool:
+            return False
+
     a, b = Feeder("a", 3), Feeder("b", 3)
     loop = EngineLoop(EchoEngine("m", delay=0))
     loop.fill([a, b], window=4)
@@ -119,6 +122,10 @@ def test_engine_loop_routes_by_key_and_drops_one_job_only() -> None:
     assert loop.in_flight() == 3 and b.in_engine == 0
     loop.step()
     assert sorted(a.got) == [(1, "a-1"), (2, "a-2"), (3, "a-3")] and b.got == []
+    c = Feeder("c", 3)
+    c.backlogged = lambda: True  # type: ignore[method-assign]  # its commits lag behind
+    loop.fill([c, b], window=4)
+    assert c.in_engine == 0 and c.left == [1, 2, 3] and b.in_engine == 2
 
 
 # ---- the engine loop in-process, crashing -----------------------------------------------------

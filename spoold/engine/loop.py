@@ -24,6 +24,7 @@ FILL_BUDGET = 1000
 class Feeder(Protocol):
     exhausted: bool
 
+    def backlogged(self) -> bool: ...
     def next_request(self) -> EngineRequest | None: ...
     def take(self, line: int, result: EngineResult) -> None: ...
     def dropped(self, count: int) -> None: ...
@@ -44,6 +45,8 @@ class EngineLoop:
     def fill(self, feeders: list[Feeder], window: int, budget: int = FILL_BUDGET) -> None:
         """Add requests from `feeders`, in order, until the window is full or the budget is spent."""
         for feeder in feeders:
+            if feeder.backlogged():
+                continue  # its commits lag behind: no more of its records in memory for now
             while not feeder.exhausted and len(self._owners) < window and budget > 0:
                 budget -= 1
                 request = feeder.next_request()
