@@ -11,7 +11,7 @@ import pytest
 
 import spoold.handlers.records as records_module
 from handler_helpers import RecordingHandler, handler_config, make_dispatcher, make_job  # noqa: F401 (fixture)
-from spoold.handler_runs import plan_runs
+from spoold.handler_runs import HandlerDispatcher, plan_runs
 from spoold.handlers import pending
 
 
@@ -95,14 +95,18 @@ def test_lost_index_is_rebuilt_by_one_full_scan(tmp_path: Path, make_dispatcher)
     assert sorted(before) == ["batch_a", "batch_b", "batch_c", "batch_theirs"]
     shutil.rmtree(pending.index_dir(tmp_path))  # lost (deleted by hand, restored from a backup without it, ...)
 
-    dispatcher = make_dispatcher([rec])
+    dispatcher = HandlerDispatcher([rec], "test-node")  # not started yet: no run may end before the index is checked
     assert dispatcher.resume(tmp_path) == 3
     # Rebuilt with every job's marker, other nodes' too, each now pointing at done/.
     rebuilt = markers(tmp_path)
     assert sorted(rebuilt) == sorted(before)
     assert all(m["state"] == "done" for m in rebuilt.values())
     assert pending.is_complete(tmp_path)
-    assert dispatcher.drain(10)
+    dispatcher.start()
+    try:
+        assert dispatcher.drain(10)
+    finally:
+        dispatcher.stop(timeout=5)
     assert sorted(e.job for e in RecordingHandler.events) == ["a", "b", "c"]
     assert sorted(markers(tmp_path)) == ["batch_theirs"]  # ours ended; the other node's wait for it
     assert make_dispatcher([rec]).resume(tmp_path) == 0  # nothing delivered twice
