@@ -98,6 +98,8 @@ class ActiveJob:
         self.last_renew = time.monotonic()
         self.started = time.monotonic()
         self.rate: float | None = None
+        self.span = getattr(job, "span", None)
+        """For a shard (shards.ShardDir): its range of the input; None for a whole job."""
         self._lines: Iterator[RawLine] | None = None
         self._records: list[BatchRecord] = []
         self._cuts: list[Cut] = []
@@ -142,6 +144,8 @@ class ActiveJob:
         if self._lines is None:
             self._lines = read_lines(self.job.input, self.checkpoint.next_offset, self.checkpoint.next_line, self.ctx.config.max_line_bytes)
         raw = next(self._lines, None)
+        if raw is not None and self.span is not None and raw.offset >= self.span.end:
+            raw = None  # the next shard's first line
         if raw is None:
             self.exhausted = True
             self._lines.close()
@@ -224,7 +228,10 @@ class ActiveJob:
 
     def remaining(self) -> int:
         """Lines not read yet (about: blank lines count too)."""
-        return 0 if self.exhausted else max(0, self.validation.lines - self.progress.read_line + 1)
+        if self.exhausted:
+            return 0
+        last = self.span.first_line + self.span.lines - 1 if self.span else self.validation.lines
+        return max(0, last - self.progress.read_line + 1)
 
     def cut(self) -> Cut:
         """Take the finished records and the low-water mark that names exactly them."""
@@ -236,6 +243,8 @@ class ActiveJob:
 
     def status_line(self) -> str:
         ckpt, total = self.checkpoint, self.validation.lines
+        if self.span is not None:  # a shard: its own lines (blank ones too) and checkpoints
+            total = self.span.lines
         chunks = chunk_count(total, self.chunk_size)
         rate = f", {self.rate:.1f} req/s" if self.rate else ""
         return f"{self.name}: chunk {min(ckpt.chunks + 1, max(chunks, 1))}/{chunks}, {ckpt.records}/{total} lines{rate}"

@@ -36,6 +36,7 @@ def build_batch(
     errors: list[dict[str, Any]] | None = None,
     rate: float | None = None,
     now: float | None = None,
+    shards: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The batch object for `record` in `status` (pure but for the clock, which `now` replaces)."""
     ckpt = checkpoint or Checkpoint()
@@ -85,6 +86,8 @@ def build_batch(
         "attempts": {"failures": record.failures, "last_error": record.last_error},
         "updated_at": round(now, 3),
     }
+    if shards:
+        batch["spoold"]["shards"] = shards
     return batch
 
 

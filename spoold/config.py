@@ -93,6 +93,9 @@ class Config(Strict):
     watch: WatchConfig = WatchConfig()
     engine: EngineConfig = EngineConfig()
     chunk_size: int = Field(1000, ge=1)
+    shard_min_lines: int | None = Field(100_000, ge=1)
+    """Jobs with more lines than this are split into shards of at least this many lines (shards.py); None: only when a
+    sidecar asks. 100,000 from the shards benchmark: a shard's fixed cost is tens of milliseconds, its lines take minutes."""
     max_line_bytes: int = Field(MAX_LINE_BYTES, ge=1024)
     """A longer input line is that line's error (line_too_long), skipped without being read whole."""
     retention: RetentionConfig = RetentionConfig()

@@ -49,6 +49,8 @@ from spoold.profiles import load_profiles
 from spoold.readiness import ReadinessRule, Verdict
 from spoold.scheduler import Candidate
 from spoold.service import Service
+from spoold.shardend import mergeable
+from spoold.shards import ShardDir, load_plan, shard_dirs, shard_state
 from spoold.sidecar import Sidecar, parse_sidecar
 from spoold.spool import Spool
 from spoold.states import JobState
@@ -109,6 +111,7 @@ class Daemon:
         self.active: list[ActiveJob] = []  # fed to the engine now
         self.waiting: list[ActiveJob] = []  # started, for a model not loaded yet
         self.starting: dict[str, tuple[Future, str | None, float]] = {}
+        self._supply: dict[str, int] = {}  # lines a starting shard brings (other starts count as one window)
         self.closing: list[_Closing] = []
         self._resumable: list[_Choice] = []
         self._sidecar_cache: dict[str, tuple[object, tuple[int, str | None]]] = {}
@@ -272,7 +275,8 @@ class Daemon:
         inbox to other daemons until its reader nears the end.
         """
         window = self.config.engine.window
-        supply = sum(j.remaining() for j in self.active + self.waiting) + window * len(self.starting)
+        starting = sum(self._supply.get(name, window) for name in self.starting)  # a shard's size is known; a job's is not yet
+        supply = sum(j.remaining() for j in self.active + self.waiting) + starting
         return supply < 2 * window
 
     def _admit(self, now: float) -> None:
@@ -290,10 +294,17 @@ class Daemon:
         self._validate_next_ahead(now)
 
     def _next_choice(self, now: float) -> _Choice | None:
-        while self._resumable:
-            choice = self._resumable.pop(0)
-            if choice.candidate.name not in self.starting:
-                return choice
+        """The inbox's next job or a processing/ job (or shard) to resume or take over, whichever has
+        the higher priority; on a tie the one already in processing/ (it was claimed earlier)."""
+        self._resumable = [c for c in self._resumable if c.candidate.name not in self.starting]
+        inbox = self._next_inbox(now)
+        if self._resumable:
+            best = min(range(len(self._resumable)), key=lambda i: (-self._resumable[i].candidate.priority, i))
+            if inbox is None or self._resumable[best].candidate.priority >= inbox.candidate.priority:
+                return self._resumable.pop(best)
+        return inbox
+
+    def _next_inbox(self, now: float) -> _Choice | None:
         switch_after = self.config.engine.model_switch_after
         while True:
             chosen = self.intake.ready.pick(self._current_model(), now, switch_after)
@@ -312,6 +323,8 @@ class Daemon:
         future = self.starter.submit(self._start, choice, ticket)
         future.add_done_callback(lambda _: self.wake.set())
         self.starting[name] = (future, choice.candidate.model, time.monotonic())
+        if isinstance(choice.job, ShardDir):
+            self._supply[name] = choice.job.span.lines
 
     def _validate_next_ahead(self, now: float) -> None:
         """While jobs run, validate the inbox job likely to run next (large inputs, in another process)."""
@@ -328,7 +341,12 @@ class Daemon:
             job, lease = choice.job, leases.acquire(choice.job, self.node, choice.lease)
             if job is None or lease is None:
                 return None  # another daemon took it over first
-            log.info("resuming from its checkpoint", extra={"job": job.name})
+            if isinstance(job, ShardDir) and choice.lease is None:
+                log.info("taking shard %d of %d", job.span.index + 1, job.count, extra={"job": job.job_name})
+            elif not isinstance(job, ShardDir) and load_plan(job) is not None:
+                log.info("its shards are all finished: merging them", extra={"job": job.name})
+            else:
+                log.info("resuming from its checkpoint", extra={"job": job.name})
         else:
             assert ticket is not None
             job = claims.claim(self.spool, name, self.node, self.turnstile.turn(ticket))
@@ -371,6 +389,7 @@ class Daemon:
             if not future.done():
                 continue
             del self.starting[name]
+            self._supply.pop(name, None)
             result = self._result(future, name)
             if isinstance(result, ActiveJob):
                 self.keeper.add(result)
@@ -520,7 +539,8 @@ class Daemon:
             waiting = bool(self.active or self.waiting or self.starting or len(self.intake.ready) or self._resumable)
             loop.account_idle(waiting)
             idle = loop.idle_seconds - before
-        self.service.metrics.engine_state(len(self.active), loop.in_flight() if loop else 0, idle)
+        jobs = len({getattr(j.job, "job_name", j.name) for j in self.active})  # a job's shards count once
+        self.service.metrics.engine_state(jobs, loop.in_flight() if loop else 0, idle)
 
     def status_text(self) -> str:
         if self.service.paused_reason:
@@ -566,11 +586,15 @@ class Daemon:
     # ---- candidates --------------------------------------------------------------------------
 
     def _find_resumable(self, now: float) -> list[_Choice]:
-        """processing/ jobs this node left behind, or whose owner's lease went stale."""
+        """processing/ jobs this node left behind, or whose owner's lease went stale; free shards; merges due."""
         mine = {j.name for j in self.active + self.waiting} | set(self.starting) | {c.name for c in self.closing}
         found = []
         for job in self.spool.jobs(JobState.PROCESSING):
             if job.name in mine or self._not_before.get(job.name, 0) > now:
+                continue
+            plan = load_plan(job)
+            if plan is not None:
+                found.extend(self._free_shards(job, plan, mine, now))
                 continue
             current = leases.current(job)
             own = current is not None and current.node == self.node
@@ -586,6 +610,40 @@ class Daemon:
             if self._too_big(job.name, model):
                 continue
             found.append(_Choice(Candidate(job.name, priority, record.claimed_at, model), None, job, current))
+        return found
+
+    def _free_shards(self, job: JobDir, plan, mine: set[str], now: float) -> list[_Choice]:
+        """Shards of `job` nobody works on (never claimed, stale, or left by our node's previous run), and
+        the job itself when its shards are ready to merge and nobody is merging them."""
+        priority, model = self._peek_file(job.name, job.meta)
+        if self._too_big(job.name, model):
+            return []
+        try:
+            claimed_at = job.load_record().claimed_at
+        except (OSError, ValueError):
+            return []
+        found = []
+        for shard in shard_dirs(job, plan):
+            if shard.name in mine or self._not_before.get(shard.name, 0) > now:
+                continue
+            state, lease, _ = shard_state(shard)
+            if state.finished:
+                continue
+            if lease is not None:
+                earlier_run = lease.node == self.node and lease.pid != os.getpid()
+                if not earlier_run and not leases.is_stale(lease, 0.0, now, self.config.lease_seconds):
+                    continue
+                try:
+                    if shard.record_path.exists() and shard.load_record().retry_after > now:
+                        continue
+                except (OSError, ValueError):
+                    continue
+            found.append(_Choice(Candidate(shard.name, priority, claimed_at, model), None, shard, lease))
+        if mergeable(job, plan, self.node, self.config.lease_seconds, now):
+            current = leases.current(job)
+            own = current is not None and current.node == self.node
+            if own or leases.is_stale(current, mtime_or_now(job.state), now, self.config.lease_seconds):
+                found.append(_Choice(Candidate(job.name, priority, claimed_at, model), None, job, current))
         return found
 
     def _too_big(self, name: str, model: str | None) -> bool:

@@ -18,6 +18,7 @@ from spoold.batch import build_batch
 from spoold.checkpoint import Checkpoint
 from spoold.fsutil import atomic_write_json
 from spoold.jobdir import JobDir, JobRecord
+from spoold.segments import discard
 from spoold.states import JobState, move_job
 from spoold.validate import ValidationSummary
 
@@ -55,6 +56,7 @@ def finish_job(
     validation: ValidationSummary | None,
     chunk_size: int | None,
     hooks: FinishHooks | None = None,
+    shards: list[dict[str, Any]] | None = None,
 ) -> tuple[JobDir, dict[str, Any]]:
     hooks = hooks or FinishHooks()
     record.status = end.status
@@ -67,7 +69,7 @@ def finish_job(
         errors = [{"code": "job_failed", "message": end.reason or "the job failed", "line": None}, *end.line_errors]
     batch = build_batch(
         record, end.status, node=node, model=model, metadata=metadata, checkpoint=checkpoint,
-        validation=validation, chunk_size=chunk_size, errors=errors,
+        validation=validation, chunk_size=chunk_size, errors=errors, shards=shards,
     )  # fmt: skip
     for path in (job.output, job.errors):
         path.touch(exist_ok=True)  # a finished job always has both files
@@ -76,6 +78,10 @@ def finish_job(
         hook(job, batch, handlers)
     target = JobState.FAILED if end.status == "failed" else JobState.DONE
     final = JobDir(move_job(spool_root, job.path, JobState.PROCESSING, target))
+    try:
+        discard(final.path)  # merged into output.jsonl and errors.jsonl
+    except OSError as exc:
+        log.warning("could not remove the merged segments (%s)", exc.strerror, extra={"job": final.name})
     if end.status == "failed":
         log.error("failed: %s", end.reason, extra={"job": final.name})
     else:

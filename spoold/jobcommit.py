@@ -15,11 +15,13 @@ import time
 from spoold import lease as leases
 from spoold.active import ActiveJob, Cut
 from spoold.batch import build_batch
-from spoold.checkpoint import Checkpoint, save_checkpoint
+from spoold.checkpoint import save_checkpoint
 from spoold.faults import one_line
 from spoold.finish import JobEnd
 from spoold.fsutil import atomic_write_json
 from spoold.jobstart import end_job, give_up_run
+from spoold.shardstatus import live_batch
+from spoold.shards import ShardDir
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,13 @@ def open_attempt(active: ActiveJob) -> None:
         active.trouble = exc
 
 
-def commit(active: ActiveJob, cut: Cut, live: bool = True) -> None:
+def commit(active: ActiveJob, cut: Cut, live: bool = True, final: bool = False) -> None:
     """Make one cut durable. Never raises: sets `active.lost` if another daemon took the job,
     `active.trouble` on any other error (the main thread then ends this run of the job)."""
     if active.lost or active.trouble is not None:
         return
     try:
-        _commit(active, cut, live)
+        _commit(active, cut, live, final)
     except leases.LeaseLost as exc:
         log.error("%s; leaving it to its new owner", exc, extra={"job": active.name})
         active.lost = True
@@ -61,7 +63,7 @@ def commit(active: ActiveJob, cut: Cut, live: bool = True) -> None:
         active.trouble = exc
 
 
-def _commit(active: ActiveJob, cut: Cut, live: bool = True) -> None:
+def _commit(active: ActiveJob, cut: Cut, live: bool = True, final: bool = False) -> None:
     old = active.checkpoint
     if not cut.records and cut.next_line == old.next_line:
         renew(active)
@@ -73,24 +75,30 @@ def _commit(active: ActiveJob, cut: Cut, live: bool = True) -> None:
     output_bytes, errors_bytes = writer.flush()
     renew(active, force=True)
     tally = cut.tally
-    checkpoint = Checkpoint(
+    checkpoint = old.model_copy(update=dict(
         next_line=cut.next_line, next_offset=cut.next_offset, done_above=cut.done_above,
         output_bytes=output_bytes, errors_bytes=errors_bytes,
         succeeded=old.succeeded + tally.succeeded, failed=old.failed + tally.failed,
         prompt_tokens=old.prompt_tokens + tally.prompt_tokens,
         completion_tokens=old.completion_tokens + tally.completion_tokens,
         chunks=old.chunks + 1,
-    )  # fmt: skip
-    save_checkpoint(active.job.checkpoint, checkpoint)
+    ))  # fmt: skip
+    if not final:
+        save_checkpoint(active.job.state, checkpoint)
+    # final: the job (or shard) ends next, from this checkpoint in memory; its end is the durable
+    # record (a crash before it cuts these records as a torn tail and runs their lines again)
     active.checkpoint = checkpoint
     active.rate = (tally.succeeded + tally.failed) / cut.seconds
     active.ctx.hooks.chunk_committed(cut.seconds, tally.succeeded, tally.failed, tally.prompt_tokens, tally.completion_tokens)
     if not live:
         return  # the job ends next: its final batch.json follows at once
-    batch = build_batch(
-        active.record, "in_progress", node=active.ctx.node, model=active.model, metadata=active.sidecar.metadata,
-        checkpoint=checkpoint, validation=active.validation, chunk_size=active.chunk_size, rate=active.rate,
-    )  # fmt: skip
+    if isinstance(active.job, ShardDir):
+        batch = live_batch(active.job, active.ctx.node, active.model, active.sidecar.metadata, active.validation, active.chunk_size)
+    else:
+        batch = build_batch(
+            active.record, "in_progress", node=active.ctx.node, model=active.model, metadata=active.sidecar.metadata,
+            checkpoint=checkpoint, validation=active.validation, chunk_size=active.chunk_size, rate=active.rate,
+        )  # fmt: skip
     atomic_write_json(active.job.batch, batch, durable=False)  # live progress: the checkpoint is the record
 
 
@@ -100,7 +108,7 @@ def close(active: ActiveJob, cut: Cut, how: str, reason: str | None = None) -> s
     Returns the job's final status (completed, cancelled, failed), or None when
     it stays in processing/ (stopped, retried later, or lost to another daemon).
     """
-    commit(active, cut, live=how in ("stopped", "retry"))
+    commit(active, cut, live=how in ("stopped", "retry"), final=how in ("completed", "cancelled"))
     if active.lost:
         return None
     record = active.record
@@ -120,5 +128,5 @@ def close(active: ActiveJob, cut: Cut, how: str, reason: str | None = None) -> s
         end = give_up_run(active.job, record, reason or "engine error", active.ctx.config)
         if end is None:
             return None
-        return end_job(active.ctx, active.job, record, end, active.sidecar, active.model, active.checkpoint, active.validation)
-    return end_job(active.ctx, active.job, record, JobEnd(how), active.sidecar, active.model, active.checkpoint, active.validation)
+        return end_job(active.ctx, active.job, record, end, active.sidecar, active.model, active.checkpoint, active.validation, own_gen=active.lease.gen)
+    return end_job(active.ctx, active.job, record, JobEnd(how), active.sidecar, active.model, active.checkpoint, active.validation, own_gen=active.lease.gen)

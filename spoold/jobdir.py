@@ -73,7 +73,6 @@ class JobDir:
     batch = property(lambda self: self.path / "batch.json")
     state = property(lambda self: self.path / STATE_DIR)
     record_path = property(lambda self: self.state / "job.json")
-    checkpoint = property(lambda self: self.state / "checkpoint.json")
     validation = property(lambda self: self.state / "validation.json")
     cancel_marker = property(lambda self: self.state / "cancel")
 

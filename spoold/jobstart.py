@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 
 from spoold import lease as leases
@@ -19,7 +20,10 @@ from spoold.checkpoint import Checkpoint, load_checkpoint
 from spoold.config import Config
 from spoold.errors import SidecarError, UnknownModel
 from spoold.finish import JobEnd, finish_job
-from spoold.fsutil import atomic_write_json, read_json, truncate_to
+from spoold.segments import merge
+from spoold.shardend import record_outcome, try_merge
+from spoold.shards import ShardDir, ShardPlan, cut_spans, load_plan, save_plan, shard_count, shard_dirs
+from spoold.fsutil import atomic_write_json, read_json
 from spoold.inputcheck import read_regular
 from spoold.jobdir import JobDir, JobRecord
 from spoold.lines import LineError
@@ -45,59 +49,104 @@ class JobCorrupt(Exception):
 
 
 def start_job(ctx: JobContext, job: JobDir, lease: leases.Lease, fail_reason: str | None = None) -> ActiveJob | str | None:
+    """Start a claimed or taken-over job, or one shard of a sharded job (a ShardDir)."""
     cfg = ctx.config
-    rec = job.load_record()
+    shard = job if isinstance(job, ShardDir) else None
+    if shard is None and load_plan(job) is not None:  # cut into shards already: only the merge is left at job level
+        return try_merge(ctx, job, _merge_finisher(ctx))
+    rec = shard.load_or_new_record(JobDir(shard.path).load_record()) if shard else job.load_record()
     sidecar = Sidecar()
     if rec.status in ("completed", "failed", "cancelled"):  # finished, but the crash came before the final rename
         sidecar = _sidecar_or_default(job, ctx)
-        return end_job(ctx, job, rec, JobEnd(rec.status, rec.failure_reason), sidecar, sidecar.model or cfg.engine.default_model)
-    checkpoint = load_checkpoint(job.checkpoint)
+        return end_job(ctx, job, rec, JobEnd(rec.status, rec.failure_reason), sidecar, sidecar.model or cfg.engine.default_model, own_gen=lease.gen)
+    checkpoint = load_checkpoint(job.state, shard.initial_checkpoint() if shard else None)
     if rec.open_attempt:
         _count_unclean_end(ctx, job, rec, checkpoint)
+    checkpoint = checkpoint.carried_to(lease.gen)  # this run appends to segments of its own generation
     fail_reason = rec.pending_failure or fail_reason  # e.g. an unsafe input found at claim time
     try:
         sidecar = _load_sidecar(job, ctx)
         model = sidecar.model or cfg.engine.default_model
         profile = resolve_model(model, ctx.profiles)
     except (SidecarError, UnknownModel) as exc:
-        return end_job(ctx, job, rec, JobEnd("failed", str(exc)), sidecar, sidecar.model or cfg.engine.default_model)
+        return end_job(ctx, job, rec, JobEnd("failed", str(exc)), sidecar, sidecar.model or cfg.engine.default_model, own_gen=lease.gen)
     if fail_reason:
-        return end_job(ctx, job, rec, JobEnd("failed", fail_reason), sidecar, model)
+        return end_job(ctx, job, rec, JobEnd("failed", fail_reason), sidecar, model, own_gen=lease.gen)
     if job.cancel_requested():
-        return end_job(ctx, job, rec, JobEnd("cancelled"), sidecar, model, checkpoint)
+        return end_job(ctx, job, rec, JobEnd("cancelled"), sidecar, model, checkpoint, own_gen=lease.gen)
     if rec.failures >= cfg.engine.max_attempts:
-        return end_job(ctx, job, rec, JobEnd("failed", f"{rec.last_error} ({rec.failures} times; engine.max_attempts is {cfg.engine.max_attempts})"), sidecar, model, checkpoint)
+        end = JobEnd("failed", f"{rec.last_error} ({rec.failures} times; engine.max_attempts is {cfg.engine.max_attempts})")
+        return end_job(ctx, job, rec, end, sidecar, model, checkpoint, own_gen=lease.gen)
     rec.attempt_mark = _progress_mark(job, checkpoint)
     rec.attempt_node, rec.attempt_run = ctx.node, ctx.run_id  # who opens it: a run still alive never counts
-    if not job.validation.exists() and _size(job.input) >= LONG_PASS_BYTES:
+    if not shard and not job.validation.exists() and _size(job.input) >= LONG_PASS_BYTES:
         rec.open_attempt = True  # a crash during a long validating pass may be this input's doing
         job.save_record(rec)
     try:
         validation = _validation(ctx, job, model, profile.serves)
         reason = fatal_reason(validation, sidecar.max_error_ratio)
-        if reason:
-            listing = _list_line_errors(ctx, job, model, validation, sidecar, profile.serves)
+        if reason and not shard:
+            listing = _list_line_errors(ctx, job, model, validation, sidecar, profile.serves, lease.gen)
             if listing is None:
                 raise ValidationInterrupted()
-            return end_job(ctx, job, rec, JobEnd("failed", reason, [e.model_dump() for e in validation.errors]), sidecar, model, listing, validation)
+            return end_job(ctx, job, rec, JobEnd("failed", reason, [e.model_dump() for e in validation.errors]), sidecar, model, listing, validation, own_gen=lease.gen)
     except ValidationInterrupted:
         give_up_run(job, rec, None, cfg)
         return None
     except OSError as exc:
         if exc.errno not in UNREADABLE:
             raise
-        return end_job(ctx, job, rec, JobEnd("failed", f"cannot read the input file: {exc.strerror}"), sidecar, model)
+        return end_job(ctx, job, rec, JobEnd("failed", f"cannot read the input file: {exc.strerror}"), sidecar, model, own_gen=lease.gen)
+    if not shard:
+        count = shard_count(sidecar.shards, validation.lines, cfg.shard_min_lines)
+        if count > 1:
+            return _cut_into_shards(ctx, job, rec, validation, count)
     try:
-        writer = ResultWriter(job, checkpoint.output_bytes, checkpoint.errors_bytes)
+        writer = ResultWriter(job, checkpoint)
     except ValueError as exc:
         reason = f"results do not match the checkpoint, they cannot be trusted: {exc}"
-        return end_job(ctx, job, rec, JobEnd("failed", reason), sidecar, model, checkpoint, validation)
+        return end_job(ctx, job, rec, JobEnd("failed", reason), sidecar, model, checkpoint, validation, own_gen=lease.gen)
     if rec.in_progress_at is None:
         rec.in_progress_at = time.time()
     rec.status = "in_progress"
     rec.open_attempt = False  # opened again when the engine gets its first request (jobcommit.open_attempt)
     job.save_record(rec)
     return ActiveJob(ctx, job, lease, rec, sidecar, profile, validation, checkpoint, writer)
+
+
+def _cut_into_shards(ctx: JobContext, job: JobDir, rec: JobRecord, validation: ValidationSummary, count: int) -> ActiveJob | str | None:
+    """Cut the job once (the plan is one atomic write), then start its first shard here.
+
+    The other shards are claimed by whichever daemon on the spool has room first (this one included)."""
+    if not job.validation.exists():
+        atomic_write_json(job.validation, validation.model_dump())  # every shard's daemon reads it
+    plan = ShardPlan(spans=cut_spans(job.input, count))
+    save_plan(job, plan)
+    rec.status, rec.open_attempt = "in_progress", False
+    if rec.in_progress_at is None:
+        rec.in_progress_at = time.time()
+    job.save_record(rec)
+    log.info("cut into %d shards of about %d lines each", plan.count, validation.lines // plan.count, extra={"job": job.name})
+    first = shard_dirs(job, plan)[0]
+    lease = leases.acquire(first, ctx.node, None)
+    if lease is None:
+        return None  # another daemon took it first (it found the plan on its processing/ scan)
+    return start_job(ctx, first, lease)
+
+
+def _merge_finisher(ctx: JobContext):
+    def finish(job: JobDir, record: JobRecord, end: JobEnd, total: Checkpoint, states) -> str:
+        sidecar = _sidecar_or_default(job, ctx)
+        validation = ValidationSummary.model_validate(read_json(job.validation)) if job.validation.exists() else None
+        finish_job(
+            ctx.spool_root, job, record, end, node=ctx.node, model=sidecar.model or ctx.config.engine.default_model,
+            metadata=sidecar.metadata, handlers=sidecar.handlers, checkpoint=total, validation=validation,
+            chunk_size=sidecar.chunk_size or ctx.config.chunk_size, hooks=ctx.finish_hooks,
+            shards=[s.public(len(states)) for s in states],
+        )  # fmt: skip
+        return end.status
+
+    return finish
 
 
 def _size(path) -> int:
@@ -153,11 +202,18 @@ def give_up_run(job: JobDir, rec: JobRecord, failure: str | None, cfg: Config) -
 
 def end_job(
     ctx: JobContext, job: JobDir, rec: JobRecord, end: JobEnd, sidecar: Sidecar, model: str | None,
-    checkpoint: Checkpoint | None = None, validation: ValidationSummary | None = None,
-) -> str:  # fmt: skip
-    """Cut uncommitted tails, write the final batch.json, plan handler runs, one rename. Returns the status."""
-    if checkpoint is None and job.checkpoint.exists():
-        checkpoint = load_checkpoint(job.checkpoint)
+    checkpoint: Checkpoint | None = None, validation: ValidationSummary | None = None, own_gen: int | None = None,
+) -> str | None:  # fmt: skip
+    """Merge the committed segments, write the final batch.json, plan handler runs, one rename. Returns the status.
+
+    `own_gen`: the lease generation the caller holds (its own segment may be renamed into place).
+    A shard records its outcome instead, and the job ends when its shards are merged (shardend.py):
+    then the return is the job's status if this call merged it, else None.
+    """
+    if checkpoint is None:
+        checkpoint = load_checkpoint(job.state, job.initial_checkpoint() if isinstance(job, ShardDir) else None)
+    if isinstance(job, ShardDir):
+        return _end_shard(ctx, job, rec, end, checkpoint, own_gen)
     if validation is None and job.validation.exists():
         validation = ValidationSummary.model_validate(read_json(job.validation))
     elif validation is None and job.input.is_file() and _size(job.input) < LONG_PASS_BYTES:
@@ -165,18 +221,39 @@ def end_job(
             validation = validate_file(job.input, model or "", max_line_bytes=ctx.config.max_line_bytes)
         except OSError:
             validation = None
-    ckpt = checkpoint or Checkpoint()
-    for path, good in ((job.output, ckpt.output_bytes), (job.errors, ckpt.errors_bytes)):
-        try:
-            truncate_to(path, good)  # records appended after the last checkpoint were never committed
-        except ValueError as exc:
-            log.error("%s; finishing the job with the file as it is", exc, extra={"job": job.name})
+    if own_gen is not None and not _hold_for_finish(ctx, job, own_gen):
+        return None
+    try:
+        merge(job.path, [(job.state, checkpoint)], own=(job.state, own_gen) if own_gen is not None else None)
+    except ValueError as exc:  # a results file cut shorter than the checkpoint says (by hand?)
+        log.error("%s; finishing the job with the files as they are", exc, extra={"job": job.name})
     finish_job(
         ctx.spool_root, job, rec, end, node=ctx.node, model=model, metadata=sidecar.metadata,
         handlers=sidecar.handlers, checkpoint=checkpoint, validation=validation,
         chunk_size=sidecar.chunk_size or ctx.config.chunk_size, hooks=ctx.finish_hooks,
     )  # fmt: skip
     return end.status
+
+
+def _hold_for_finish(ctx: JobContext, job: JobDir, gen: int) -> bool:
+    """Fence the end: take the job's next lease generation. A daemon frozen past its lease that wakes
+    here finds the generation taken by the daemon that took the job over, and stops without a write."""
+    mine = leases.Lease(node=ctx.node, pid=os.getpid(), renewed_at=time.time(), gen=gen)
+    if leases.acquire(job, ctx.node, mine, durable=False) is None:
+        log.error("job %s was taken over by another daemon; leaving it to its new owner", job.name, extra={"job": job.name})
+        return False
+    return True
+
+
+def _end_shard(ctx: JobContext, shard: ShardDir, rec: JobRecord, end: JobEnd, checkpoint: Checkpoint, own_gen: int | None) -> str | None:
+    if own_gen is not None:
+        checkpoint = checkpoint.carried_to(own_gen)
+    record_outcome(shard, checkpoint, end.status, end.reason)
+    rec.status, rec.finished_at, rec.open_attempt = end.status, time.time(), False
+    rec.failure_reason = end.reason if end.status == "failed" else None
+    shard.save_record(rec)
+    log.info("shard %d of %d %s", shard.span.index + 1, shard.count, end.status, extra={"job": shard.job_name})
+    return try_merge(ctx, JobDir(shard.path), _merge_finisher(ctx))
 
 
 def _sidecar_or_default(job: JobDir, ctx: JobContext) -> Sidecar:
@@ -213,10 +290,10 @@ def _validation(ctx: JobContext, job: JobDir, model: str, serves: frozenset[str]
 
 
 def _list_line_errors(
-    ctx: JobContext, job: JobDir, model: str, validation: ValidationSummary, sidecar: Sidecar, serves: frozenset[str] | None
+    ctx: JobContext, job: JobDir, model: str, validation: ValidationSummary, sidecar: Sidecar, serves: frozenset[str] | None, gen: int
 ) -> Checkpoint | None:
     """A job failing as a whole still lists each bad line in errors.jsonl. None if stopped part-way."""
-    writer = ResultWriter(job, 0, 0)
+    writer = ResultWriter(job, Checkpoint(gen=gen))
     duplicates = frozenset(validation.duplicates)
     chunk = sidecar.chunk_size or ctx.config.chunk_size
     failed = 0
@@ -231,4 +308,4 @@ def _list_line_errors(
             if ctx.hooks.should_stop():
                 return None
     writer.flush()
-    return Checkpoint(failed=failed, errors_bytes=writer.errors_bytes)
+    return Checkpoint(failed=failed, errors_bytes=writer.errors_bytes, gen=gen)

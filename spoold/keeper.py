@@ -53,7 +53,9 @@ class LeaseKeeper:
                 continue
             try:
                 if not job.cancel and job.job.cancel_requested():
-                    log.info("cancelling as asked", extra={"job": job.name})
+                    failed = getattr(job.job, "failed_marker", None)
+                    why = "another shard of this job failed: stopping" if failed is not None and failed.exists() else "cancelling as asked"
+                    log.info(why, extra={"job": job.name})
                     job.cancel = True
                 renew(job)
             except leases.LeaseLost as exc:

@@ -54,8 +54,11 @@ def is_stale(lease: Lease | None, job_mtime: float, now: float, lease_seconds: f
     return now - last > lease_seconds
 
 
-def acquire(job: JobDir, node: str, seen: Lease | None) -> Lease | None:
-    """Take the job over from `seen` (None: nobody); returns our lease, or None if another daemon won."""
+def acquire(job: JobDir, node: str, seen: Lease | None, durable: bool = True) -> Lease | None:
+    """Take the job over from `seen` (None: nobody); returns our lease, or None if another daemon won.
+
+    durable=False skips the directory fsync: for a fence taken just before the job's end, where
+    only the exclusive create matters (after a power cut no former owner is left to fence out)."""
     gen = (seen.gen if seen else 0) + 1
     lease = Lease(node=node, pid=os.getpid(), renewed_at=time.time(), gen=gen)
     tmp = job.state / f".lease.{gen}.{node}.{os.getpid()}.tmp"
@@ -66,7 +69,8 @@ def acquire(job: JobDir, node: str, seen: Lease | None) -> Lease | None:
         return None
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_dir(job.state)
+    if durable:
+        fsync_dir(job.state)
     latest = current(job)
     if latest is None or latest.gen != gen or latest.node != node:
         return None  # believe the disk, not the return code

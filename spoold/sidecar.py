@@ -33,6 +33,8 @@ class Sidecar(BaseModel):
     handlers: list[str] | None = None
     max_error_ratio: float | None = Field(None, ge=0, le=1)
     metadata: Annotated[dict[str, str], BeforeValidator(_stringify)] = {}
+    shards: int | None = Field(None, ge=1, le=64)
+    """Split the job so up to this many daemons work on it at once (shards.py); None: by size (shard_min_lines)."""
 
     @field_validator("sampling")
     @classmethod

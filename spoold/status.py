@@ -16,6 +16,7 @@ from spoold.fsutil import mtime_or_now, read_json
 from spoold.jobdir import JobDir
 from spoold.census import SETTLE_NS, count_folder, count_spool, job_mtimes
 from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX, is_ignored
+from spoold.shardstatus import shard_rows
 from spoold.sidecar import parse_sidecar
 from spoold.spool import Spool
 from spoold.states import JobState
@@ -125,6 +126,10 @@ def render(rows: list[dict[str, Any]], spool: Spool, counts: dict[str, int] | No
         if with_handlers:
             line.append(" ".join(f"{name}:{state}" for name, state in r["handlers"].items()) or "-")
         table.append(line)
+        for s in r.get("shards") or []:  # a sharded job: one line per shard under it
+            part = f"  shard {s['index']}/{s['of']}"
+            shard_line = [part, "", s["status"], "", f"{s['done']}/{s['lines']}", "", "", s["node"] or "-"]
+            table.append(shard_line + ([""] if with_handlers else []))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(columns))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
     return head + "\n" + "\n".join(lines)
@@ -178,6 +183,12 @@ def _job_row(job: JobDir, state: JobState, now: float) -> dict[str, Any] | None:
     done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
     row = _row(job.name, state.value, status, batch.get("model"), done, counts.get("total"), extra.get("rate_per_second"), now - started, node)
     row["handlers"] = {name: run.get("status") for name, run in (extra.get("handlers") or {}).items()}
+    shards = shard_rows(job, now) if state is JobState.PROCESSING else extra.get("shards")
+    if shards:
+        row["shards"] = shards
+        if state is JobState.PROCESSING:
+            row["done"] = sum(s["done"] for s in shards)
+            row["node"] = ",".join(sorted({s["node"] for s in shards if s["node"] and s["status"] == "running"})) or node
     return row
 
 

@@ -1,33 +1,39 @@
-"""Append-only results files with recorded good lengths.
+"""Append-only result segments with recorded good lengths.
 
 Records are buffered until a checkpoint; `flush` appends and fsyncs them and
-returns the new lengths, which the checkpoint then records. On open, anything
-past the recorded lengths (a crash between append and checkpoint) is cut.
+returns the new lengths, which the checkpoint then records. Each lease
+generation writes segments of its own (segments.py); on open, anything past
+the recorded lengths (a crash between append and checkpoint) is cut.
 """
 
 from __future__ import annotations
 
 import logging
 
+from spoold.checkpoint import Checkpoint
 from spoold.fsutil import append_durably, fsync_dir, truncate_to
 from spoold.jobdir import JobDir
 from spoold.records import BatchRecord
+from spoold.segments import segment_path
 
 log = logging.getLogger(__name__)
 
 
 class ResultWriter:
-    def __init__(self, job: JobDir, output_bytes: int, errors_bytes: int) -> None:
+    def __init__(self, job: JobDir, checkpoint: Checkpoint) -> None:
+        """Write generation `checkpoint.gen` of `job` (a job or a shard), from the lengths the checkpoint names."""
         self.job = job
-        created = not (job.output.exists() and job.errors.exists())
-        for path, good in ((job.output, output_bytes), (job.errors, errors_bytes)):
+        self.output_path = segment_path(job.path, job.state, checkpoint.gen, "output")
+        self.errors_path = segment_path(job.path, job.state, checkpoint.gen, "errors")
+        created = not (self.output_path.exists() and self.errors_path.exists())
+        for path, good in ((self.output_path, checkpoint.output_bytes), (self.errors_path, checkpoint.errors_bytes)):
             cut = truncate_to(path, good)
             if cut:
                 log.info("cut a torn tail of %d bytes from %s", cut, path.name, extra={"job": job.name})
         if created:
-            fsync_dir(job.path)  # the checkpoint will name these files: their names must be durable first
-        self.output_bytes = output_bytes
-        self.errors_bytes = errors_bytes
+            fsync_dir(self.output_path.parent)  # the checkpoint will name these files: their names must be durable first
+        self.output_bytes = checkpoint.output_bytes
+        self.errors_bytes = checkpoint.errors_bytes
         self._output: list[bytes] = []
         self._errors: list[bytes] = []
 
@@ -40,9 +46,9 @@ class ResultWriter:
 
     def flush(self) -> tuple[int, int]:
         if self._output:
-            self.output_bytes = append_durably(self.job.output, b"".join(self._output))
+            self.output_bytes = append_durably(self.output_path, b"".join(self._output))
             self._output.clear()
         if self._errors:
-            self.errors_bytes = append_durably(self.job.errors, b"".join(self._errors))
+            self.errors_bytes = append_durably(self.errors_path, b"".join(self._errors))
             self._errors.clear()
         return self.output_bytes, self.errors_bytes

@@ -203,3 +203,26 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
             _merge(base[key], value)
         else:
             base[key] = value
+
+
+class LatestCheckpoint:
+    """A job's (or shard's) newest checkpoint file, whatever its lease generation (`checkpoint.<gen>.json`)."""
+
+    def __init__(self, state) -> None:
+        self.state = Path(state)
+
+    def _path(self):
+        from spoold.checkpoint import checkpoint_path, latest_gen
+
+        gen = latest_gen(self.state)
+        return None if gen is None else checkpoint_path(self.state, gen)
+
+    def exists(self) -> bool:
+        path = self._path()
+        return path is not None and path.exists()
+
+    def read_text(self) -> str:
+        path = self._path()
+        if path is None:
+            raise FileNotFoundError(self.state / "checkpoint.*.json")
+        return path.read_text()

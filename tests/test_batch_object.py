@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from openai.types import Batch
-from spoold_helpers import SpooldProcess, chat_line, drop_job, wait_for
+from spoold_helpers import SpooldProcess, chat_line, drop_job, wait_for, LatestCheckpoint
 
 from spoold.batch import build_batch
 from spoold.checkpoint import Checkpoint
@@ -91,7 +91,7 @@ def test_daemon_batch_json_parses_live_and_final(tmp_path: Path) -> None:
         drop_job(d.inbox, "bad", ["not json", "{\"custom_id\": 1}"], {})
         bad = d.wait_finished("bad")
         drop_job(d.inbox, "long", [chat_line(f"l{i}", "hello there") for i in range(400)], {"chunk_size": 1})
-        wait_for(lambda: (d.spool / "processing" / "long" / ".spoold" / "checkpoint.json").exists(), 30, what="long to run")
+        wait_for(lambda: LatestCheckpoint(d.spool / "processing" / "long" / ".spoold").exists(), 30, what="long to run")
         d.cli("cancel", "long", check=True)
         long = d.wait_finished("long")
         stop.set()

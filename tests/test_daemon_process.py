@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, read_records, wait_for, write_jsonl
+from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, read_records, wait_for, write_jsonl, LatestCheckpoint
 
 pytestmark = pytest.mark.slow
 
@@ -187,7 +187,7 @@ def test_kill_9_mid_job_then_restart_is_exactly_once(tmp_path: Path) -> None:
         kills = 0
         for _ in range(4):
             d.start(slow)
-            ckpt = d.job_dir("processing", "big") / ".spoold" / "checkpoint.json"
+            ckpt = LatestCheckpoint(d.job_dir("processing", "big") / ".spoold")
             wait_for(lambda: ckpt.exists() or d.job_dir("done", "big").exists(), 30, what="a checkpoint")
             if d.job_dir("done", "big").exists():
                 break
@@ -208,14 +208,15 @@ def test_sigterm_checkpoints_exits_0_and_resumes(tmp_path: Path) -> None:
     with SpooldProcess(tmp_path, engine={"window": 4}) as d:
         ids = _slow_job(d, "term", 200)
         d.start({"SPOOLD_ECHO_DELAY": "0.03"})
-        ckpt = d.job_dir("processing", "term") / ".spoold" / "checkpoint.json"
+        ckpt = LatestCheckpoint(d.job_dir("processing", "term") / ".spoold")
         wait_for(ckpt.exists, 30, what="a checkpoint")
         started = time.monotonic()
         assert d.stop() == 0
         assert time.monotonic() - started < 10
         progress = json.loads(ckpt.read_text())
         assert 0 < progress["succeeded"] < 200
-        partial = len(read_records(d.job_dir("processing", "term")))
+        state = d.job_dir("processing", "term") / ".spoold"  # this run's results, in its generation's segments
+        partial = sum(len(p.read_bytes().splitlines()) for p in state.glob(f"seg.{progress['gen']}.*.jsonl"))
         assert partial == progress["succeeded"] + progress["failed"]
         d.start()
         job = d.wait_finished("term")
@@ -235,7 +236,7 @@ def test_cli_status_cancel_requeue(tmp_path: Path) -> None:
         assert "cancelled queued" in cancelled.stdout
         assert d.batch(d.job_dir("done", "queued"))["status"] == "cancelled"
         d.start({"SPOOLD_ECHO_DELAY": "0.05"})
-        wait_for(lambda: (d.job_dir("processing", "long") / ".spoold" / "checkpoint.json").exists(), 30, what="progress")
+        wait_for(lambda: LatestCheckpoint(d.job_dir("processing", "long") / ".spoold").exists(), 30, what="progress")
         text = d.cli("status", check=True).stdout
         assert "long" in text and "processing" in text and "test-node" in text
         assert d.cli("cancel", "long", check=True).returncode == 0

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, wait_for
+from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, wait_for, LatestCheckpoint
 
 from spoold.lease import current
 from spoold.jobdir import JobDir
@@ -53,7 +53,7 @@ def _owner(spool: Path, name: str) -> str | None:
     """Who holds a job that has committed a chunk and is far from its end (a kill now leaves it half done)."""
     job = spool / "processing" / name
     try:
-        next_line = json.loads((job / ".spoold" / "checkpoint.json").read_text())["next_line"]
+        next_line = json.loads(LatestCheckpoint(job / ".spoold").read_text())["next_line"]
     except (OSError, ValueError):
         return None
     lease = current(JobDir(job))
@@ -118,3 +118,46 @@ def test_two_views_of_one_spool_fuse_and_real_with_takeovers(tmp_path: Path) -> 
             # what the real side held when it was killed was taken over and finished through the FUSE view
             assert orphaned and all(json.loads((real_side.spool / "done" / n / "batch.json").read_text())["spoold"]["node"] == "fuse-side" for n in orphaned)
             assert fuse_side.log().count(f"watching {view / 'inbox'} (poll)") == 2  # the restarted FUSE side polled too
+
+
+def _shard_owners(spool: Path) -> dict[int, str]:
+    """Running shards of processing/big and their owners (lease holders)."""
+    from spoold.shards import load_plan, shard_dirs, shard_state
+
+    job = JobDir(spool / "processing" / "big")
+    plan = load_plan(job) if job.path.exists() else None
+    owners = {}
+    for shard in shard_dirs(job, plan) if plan else []:
+        try:
+            state, lease, ckpt = shard_state(shard)
+        except (OSError, ValueError):
+            continue
+        if lease is not None and not state.finished and ckpt.chunks > 0:
+            owners[state.index] = lease.node
+    return owners
+
+
+def test_a_sharded_job_through_both_views_with_a_takeover(tmp_path: Path) -> None:
+    """One job in 4 shards, dropped through the FUSE view: both daemons work on its shards; the real
+    side is killed mid-shard; the FUSE side takes its shards over and merges: every line once."""
+    common = {"lease_seconds": 2, "chunk_size": 20, "engine": {"window": 4}}
+    real_side = SpooldProcess(tmp_path / "real", node_id="real-side", **common)
+    with fuse_view(real_side.spool, tmp_path / "view") as view, real_side:
+        fuse_side = SpooldProcess(tmp_path / "fuse", spool_dir=str(view), node_id="fuse-side", **common)
+        fuse_side.spool = view
+        with fuse_side:
+            ids = [f"big-{k}" for k in range(2400)]
+            drop_job(view / "inbox", "big", [chat_line(c, f"hello {c}") for c in ids], {"chunk_size": 20, "shards": 4})
+            fuse_side.start(SLOW)
+            real_side.start(SLOW)
+            wait_for(lambda: {"real-side", "fuse-side"} <= set(_shard_owners(real_side.spool).values()), 60, interval=0.05,
+                     what="both sides to work on shards")  # fmt: skip
+            real_side.kill()
+            job = fuse_side.wait_finished("big", timeout=180)
+            assert job.parent.name == "done"
+            assert_exactly_once(job, ids)
+            batch = json.loads((job / "batch.json").read_text())
+            assert batch["request_counts"] == {"total": 2400, "completed": 2400, "failed": 0}
+            assert len(batch["spoold"]["shards"]) == 4
+            assert "taking shard" in fuse_side.log() and "resuming from its checkpoint" in fuse_side.log()
+            assert sorted(p.name for p in (real_side.spool / "done").iterdir()) == ["big"]

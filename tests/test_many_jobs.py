@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from inline_driver import Hooks, run_many
-from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, read_records, wait_for
+from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, read_records, wait_for, LatestCheckpoint
 from test_runner_crash import Crash, ShuffledEngine, make_ctx
 
 from spoold import lease as leases
@@ -316,7 +316,7 @@ def test_twenty_kills_of_a_healthy_job_never_fail_it(tmp_path: Path) -> None:
         drop_job(d.inbox, "storm", [chat_line(c, "hi") for c in ids], {"chunk_size": 25})
         for _ in range(20):
             d.start({"SPOOLD_ECHO_DELAY": "0.005"})
-            ckpt = d.job_dir("processing", "storm") / ".spoold" / "checkpoint.json"
+            ckpt = LatestCheckpoint(d.job_dir("processing", "storm") / ".spoold")
             wait_for(lambda: ckpt.exists() or d.job_dir("done", "storm").exists(), 30, what="a checkpoint")
             time.sleep(rng.uniform(0.0, 0.4))
             d.kill()

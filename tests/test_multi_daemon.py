@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, wait_for
+from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, wait_for, LatestCheckpoint
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_stale_job_of_a_dead_daemon_is_taken_over(tmp_path: Path) -> None:
         ids = [f"t{k}" for k in range(150)]
         drop_job(a.inbox, "orphaned", [chat_line(c, "hi") for c in ids], {"chunk_size": 5})
         a.start({"SPOOLD_ECHO_DELAY": "0.03"})
-        wait_for(lambda: (a.spool / "processing" / "orphaned" / ".spoold" / "checkpoint.json").exists(), 30, what="progress")
+        wait_for(lambda: LatestCheckpoint(a.spool / "processing" / "orphaned" / ".spoold").exists(), 30, what="progress")
         a.kill()
         with _second(a, tmp_path / "b", "host-b") as b:
             cfg = yaml.safe_load(b.config_path.read_text())

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spoold_helpers import chat_line, child_env, wait_for, write_jsonl
+from spoold_helpers import chat_line, child_env, wait_for, write_jsonl, LatestCheckpoint
 from unix_users import UnixUsers, as_user_argv, code_paths, opened_for_others, run_as, spoold_argv
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="creates Unix users: needs root (CI runs as root)")]
@@ -207,7 +207,7 @@ def test_submitter_cancels_a_queued_and_a_running_job(site: Site) -> None:
     assert _mode(job) == 0o2770 and _mode(job / "batch.json") == 0o660  # the CLI writes for the group too
     long = site.job_file(site.submitter, "long", [chat_line(f"k{i}", f"text {i}") for i in range(400)], {"chunk_size": 5})
     assert site.cli(site.submitter, "submit", str(long)).returncode == 0
-    ckpt = site.spool / "processing" / "long" / ".spoold" / "checkpoint.json"
+    ckpt = LatestCheckpoint(site.spool / "processing" / "long" / ".spoold")
     wait_for(ckpt.exists, 60, what="the long job to make progress")
     stop = site.cli(site.submitter, "cancel", "long")
     assert stop.returncode == 0 and "cancel requested" in stop.stdout, stop.stderr

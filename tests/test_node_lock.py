@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from inline_driver import Hooks
-from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, child_env, drop_job, wait_for
+from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, child_env, drop_job, wait_for, LatestCheckpoint
 
 from spoold import lease as leases
 from spoold import nodelock
@@ -190,7 +190,7 @@ def test_a_restart_after_kill_9_starts_at_once_and_finishes_the_job(tmp_path: Pa
         ids = [f"k{i}" for i in range(80)]
         drop_job(a.inbox, "crashed", [chat_line(c, "hi") for c in ids], {"chunk_size": 5})
         a.start({"SPOOLD_ECHO_DELAY": "0.03"})
-        wait_for(lambda: (a.spool / "processing" / "crashed" / ".spoold" / "checkpoint.json").exists(), 30, what="progress")
+        wait_for(lambda: LatestCheckpoint(a.spool / "processing" / "crashed" / ".spoold").exists(), 30, what="progress")
         a.kill()
         restarted = time.monotonic()
         a.start()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from inline_driver import Hooks, run_inline, run_many
-from spoold_helpers import assert_exactly_once, chat_line, drop_job
+from spoold_helpers import assert_exactly_once, chat_line, drop_job, LatestCheckpoint
 
 from spoold import lease as leases
 from spoold.claim import claim
@@ -106,7 +106,7 @@ def test_random_crashes_and_torn_tails_still_exactly_once(tmp_path: Path, seed: 
 
 
 def _progress(job: JobDir) -> tuple[int, bool]:
-    chunks = json.loads(job.checkpoint.read_text())["chunks"] if job.checkpoint.exists() else 0
+    chunks = LatestCheckpoint(job.state).exists() and json.loads(LatestCheckpoint(job.state).read_text())["chunks"] or 0
     return chunks, job.validation.exists()
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, jsonl_lines, wait_for
+from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, jsonl_lines, wait_for, LatestCheckpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -88,7 +88,7 @@ def test_kill_9_and_sigterm_during_a_real_vllm_job_are_exactly_once(tmp_path: Pa
         lines = [chat_line(c, f"Tell me about {c}.", max_tokens=32, temperature=0.7, seed=i) for i, c in enumerate(ids)]
         drop_job(d.inbox, "real", lines, {"chunk_size": 100})
         d.start(VLLM_ENV)
-        ckpt = d.job_dir("processing", "real") / ".spoold" / "checkpoint.json"
+        ckpt = LatestCheckpoint(d.job_dir("processing", "real") / ".spoold")
         wait_for(lambda: ckpt.exists() and json.loads(ckpt.read_text())["chunks"] >= 2, 300, what="two checkpoints")
         time.sleep(random.Random(3).uniform(0.2, 1.5))
         d.kill()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from openai.types import CreateEmbeddingResponse
-from spoold_helpers import SpooldProcess, assert_exactly_once, drop_job, jsonl_lines, wait_for
+from spoold_helpers import SpooldProcess, assert_exactly_once, drop_job, jsonl_lines, wait_for, LatestCheckpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -55,7 +55,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, tiny_state_dir: Path) -> 
         ]
         drop_job(d.inbox, "corpus", lines, {"model": "tiny-embed", "chunk_size": 50, "priority": 5})
         d.start(VLLM_ENV)
-        ckpt = d.job_dir("processing", "corpus") / ".spoold" / "checkpoint.json"
+        ckpt = LatestCheckpoint(d.job_dir("processing", "corpus") / ".spoold")
         wait_for(lambda: ckpt.exists() and json.loads(ckpt.read_text())["chunks"] >= 2, 300, what="two checkpoints")
         d.kill()
         done_before = json.loads(ckpt.read_text())["succeeded"]
