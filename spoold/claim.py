@@ -107,13 +107,15 @@ def _complete(spool: Spool, staging: Path, name: str, node: str, created_at: flo
         except FileNotFoundError:
             pass  # an orphan job: default metadata
     job = JobDir(staging)
+    if leases.current(job) is None:
+        leases.acquire(job, node, None, durable=False)  # made durable by the job record's directory fsync below
     if not job.record_path.exists():
         record = JobRecord.new(name=name, original_name=name, node=node, created_at=created_at, claimed_at=claimed_at)
         record.pending_failure = refuse_unsafe(staging)  # symlink, FIFO, device, 2nd hard link, unreadable
         record.no_sidecar = not job.meta.exists()
         job.save_record(record)
-    if leases.current(job) is None:
-        leases.acquire(job, node, None)
+    else:
+        fsync_dir(job.state)
     fsync_dir(staging)
     final = rename_unique(staging, spool.processing, name, lambda n: name_taken(spool.root, n))
     job = JobDir(final)

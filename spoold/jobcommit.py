@@ -85,8 +85,8 @@ def _commit(active: ActiveJob, cut: Cut, live: bool = True, final: bool = False)
     ))  # fmt: skip
     if not final:
         save_checkpoint(active.job.state, checkpoint)
-    # final: the job (or shard) ends next, from this checkpoint in memory; its end is the durable
-    # record (a crash before it cuts these records as a torn tail and runs their lines again)
+    # final: the shard ends next and its outcome checkpoint names these records (a crash before
+    # it cuts them as a torn tail and runs their lines again)
     active.checkpoint = checkpoint
     active.rate = (tally.succeeded + tally.failed) / cut.seconds
     active.ctx.hooks.chunk_committed(cut.seconds, tally.succeeded, tally.failed, tally.prompt_tokens, tally.completion_tokens)
@@ -108,7 +108,8 @@ def close(active: ActiveJob, cut: Cut, how: str, reason: str | None = None) -> s
     Returns the job's final status (completed, cancelled, failed), or None when
     it stays in processing/ (stopped, retried later, or lost to another daemon).
     """
-    commit(active, cut, live=how in ("stopped", "retry"), final=how in ("completed", "cancelled"))
+    # a shard's end writes its last checkpoint itself (with its outcome): its last cut needs none of its own
+    commit(active, cut, live=how in ("stopped", "retry"), final=how in ("completed", "cancelled") and isinstance(active.job, ShardDir))
     if active.lost:
         return None
     record = active.record

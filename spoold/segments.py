@@ -47,16 +47,19 @@ def merge(job_path: Path, parts: list[tuple[Path, Checkpoint]], own: tuple[Path,
             if sizes[i] > 0
         ]  # fmt: skip
         final = job_path / f"{kind}.jsonl"
+        # a segment renamed into place by a merge that a crash interrupted later is read from there
+        pieces = [(path if path.exists() or not final.exists() else final, length, mine) for path, length, mine in pieces]
         if len(pieces) == 1 and pieces[0][0] != final:
             path, length, mine = pieces[0]
-            if not path.exists() and _size(final) == length:
-                continue  # renamed into place by a merge that a crash interrupted later
             if mine:
                 truncate_to(path, length)  # a torn tail of our own past the last checkpoint
                 os.replace(path, final)
                 continue
         if not pieces:
             truncate_to(final, 0)  # no records of this kind: an empty file (the directory fsync below names it)
+            continue
+        if len(pieces) == 1 and pieces[0][0] == final:
+            truncate_to(final, pieces[0][1])  # already in place: only a tail past the good length to cut
             continue
         _concatenate(final, [(path, length) for path, length, _ in pieces])
     fsync_dir(job_path)
@@ -66,13 +69,6 @@ def discard(job_path: Path) -> None:
     """Remove the segments of a finished job (its output.jsonl and errors.jsonl hold their records)."""
     for path in (job_path / STATE_DIR).rglob("seg.*.jsonl"):
         path.unlink(missing_ok=True)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return -1
 
 
 def _concatenate(final: Path, pieces: list[tuple[Path, int]]) -> None:

@@ -68,6 +68,7 @@ def rename_unique(src: Path, target_dir: Path, base: str, taken: Callable[[str],
             if exc.errno != errno.ENOENT or src.exists() or not (target_dir / final).exists():
                 raise
         fsync_dir(target_dir)
-        fsync_dir(src.parent)
+        if src.parent != target_dir:
+            fsync_dir(src.parent)
         return target_dir / final
     raise TransitionRefused(f"no free name for {base} in {target_dir}")

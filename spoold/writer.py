@@ -30,8 +30,10 @@ class ResultWriter:
             cut = truncate_to(path, good)
             if cut:
                 log.info("cut a torn tail of %d bytes from %s", cut, path.name, extra={"job": job.name})
-        if created:
+        if created and checkpoint.gen == 0:
             fsync_dir(self.output_path.parent)  # the checkpoint will name these files: their names must be durable first
+        # a generation's segments live beside its checkpoints: the directory fsync of the first
+        # checkpoint that names them makes their names durable too
         self.output_bytes = checkpoint.output_bytes
         self.errors_bytes = checkpoint.errors_bytes
         self._output: list[bytes] = []

@@ -339,3 +339,16 @@ def test_shard_min_lines_cuts_big_jobs_only(tmp_path: Path) -> None:
         plan = load_plan(job)
         assert (plan.count if plan else None) == shards
         started.close_reader()
+
+
+def test_a_crash_after_a_segment_was_renamed_into_place_resumes_from_the_merged_file(tmp_path: Path) -> None:
+    """The end renamed gen 3's segment to output.jsonl, then the daemon died before the job moved; the
+    restart resumes from gen 3's last checkpoint (r3 was in the final cut, never checkpointed) as gen 4."""
+    state = tmp_path / ".spoold"
+    state.mkdir()
+    segments.segment_path(tmp_path, state, 3, "output").write_bytes(b"r1\nr2\nr3\n")
+    segments.merge(tmp_path, [(state, Checkpoint(gen=3, output_bytes=9))], own=(state, 3))
+    resumed = Checkpoint(gen=3, output_bytes=6).carried_to(4)
+    segments.segment_path(tmp_path, state, 4, "output").write_bytes(b"r3\n")
+    segments.merge(tmp_path, [(state, resumed.model_copy(update={"output_bytes": 3}))], own=(state, 4))
+    assert (tmp_path / "output.jsonl").read_bytes() == b"r1\nr2\nr3\n"
