@@ -115,6 +115,7 @@ class Daemon:
         self.closing: list[_Closing] = []
         self._resumable: list[_Choice] = []
         self._sidecar_cache: dict[str, tuple[object, tuple[int, str | None]]] = {}
+        self._sidecar_texts: dict[str | bytes, tuple[int, str | None]] = {}  # a valid sidecar's text -> (priority, model)
         self._not_before: dict[str, float] = {}
         self._paused_until = 0.0
         self._last_claim_recovery = time.time()
@@ -280,6 +281,8 @@ class Daemon:
         return supply < 2 * window
 
     def _admit(self, now: float) -> None:
+        if self.intake.overdue(now) and (self.active or self.waiting or self.starting):
+            return  # decide every upload whose time has come first, so jobs are taken in priority order across all
         slots = self.config.engine.max_active_jobs - len(self.active) - len(self.waiting) - len(self.starting)
         while slots > 0 and self._wants_more():
             choice = self._next_choice(now)
@@ -670,8 +673,13 @@ class Daemon:
         if cached and cached[0] == key:
             return cached[1]
         try:
-            sidecar = parse_sidecar(read_regular(sidecar_path), {h.name for h in self.config.handlers})
-            found: tuple[int, str | None] = (sidecar.priority, sidecar.model or default)
+            text = read_regular(sidecar_path)
+            found: tuple[int, str | None] | None = self._sidecar_texts.get(text)
+            if found is None:  # thousands of jobs submitted together mostly share one sidecar text: parsed once
+                sidecar = parse_sidecar(text, {h.name for h in self.config.handlers})
+                found = (sidecar.priority, sidecar.model or default)
+                if len(text) <= 4096 and len(self._sidecar_texts) < 1024:
+                    self._sidecar_texts[text] = found
         except (SidecarError, OSError):
             found = (0, None)
         if len(self._sidecar_cache) > 100_000:
@@ -702,6 +710,8 @@ class Daemon:
             self.engines.config = new
             self.prevalidator.max_line_bytes = new.max_line_bytes
             self.intake = self._new_intake()
+            self._sidecar_cache.clear()  # parsed under the old config (default model, handler names)
+            self._sidecar_texts.clear()
             self._next_rescan = 0.0
             self._ctx = self._new_context()  # jobs already running keep the context they started with
             log.info("configuration reloaded from %s", self.config_path or "defaults")

@@ -33,6 +33,7 @@ class Intake:
         self._uploads = ReadinessTracker(rule.settle, rule.orphan, rule.require_sidecar)
         self._peek = peek
         self._due: list[tuple[float, str]] = []
+        self._inbox = str(spool.inbox) + os.sep  # stats by plain string: no Path objects per look
         self.ready = ReadyQueue()
         self.verdicts: dict[str, Verdict] = {}
 
@@ -65,6 +66,11 @@ class Intake:
             _, name = heapq.heappop(self._due)
             if name in self._uploads and name not in self.ready:
                 self._observe(name, self._stat(name), now)
+
+    def overdue(self, now: float) -> bool:
+        """Uploads whose time to be decided has come are still undecided (more than `due` takes in one step)."""
+        deadline = self.next_deadline()
+        return deadline is not None and deadline <= now
 
     def next_deadline(self) -> float | None:
         """The earliest moment a pending upload may be decided."""
@@ -106,7 +112,7 @@ class Intake:
 
     def _file_stat(self, filename: str) -> FileStat | None:
         try:
-            st = os.stat(self.spool.inbox / filename, follow_symlinks=False)
+            st = os.stat(self._inbox + filename, follow_symlinks=False)
         except OSError:
             return None
         return FileStat(st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None

@@ -302,8 +302,8 @@ def test_a_deep_inbox_every_job_once_in_priority_order(tmp_path: Path) -> None:
         order = []
         for job in (d.spool / "done").iterdir():
             assert_exactly_once(job, [f"q{int(job.name[1:])}"])
-            batch = d.batch(job)
-            order.append((batch["completed_at"], batch["spoold"]["updated_at"], int(job.name[1:]) % 3))
+            claimed_at = json.loads((job / ".spoold" / "job.json").read_text())["claimed_at"]  # jobs end on two I/O lanes: claim order is the order
+            order.append((claimed_at, int(job.name[1:]) % 3))
         prios = [p for *_, p in sorted(order)]
         assert prios == sorted(prios, reverse=True), "higher priorities first"
 

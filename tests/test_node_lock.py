@@ -20,6 +20,7 @@ from spoold import nodelock
 from spoold.active import JobContext
 from spoold.claim import claim
 from spoold.config import Config
+from spoold.jobcommit import open_attempt
 from spoold.jobstart import start_job
 from spoold.nodelock import Holder, Me, NodeLost, NodeTaken, Verdict, judge
 from spoold.profiles import load_profiles
@@ -141,11 +142,9 @@ def test_an_open_attempt_counts_only_if_its_daemon_is_gone(tmp_path: Path, alive
     ctx_a = JobContext(config=config, node="node-a", spool_root=tmp_path, profiles=load_profiles(), hooks=Hooks(), run_id=lock_a.run)
     started = start_job(ctx_a, job, leases.current(job))
     assert started is not None and not isinstance(started, str)
+    open_attempt(started)  # node-a fed it to its engine, then stalled past lease_seconds, committing nothing
     record = job.load_record()
-    record.open_attempt = True  # node-a fed it to its engine, then stalled past lease_seconds
-    record.attempt_mark = 1  # ... and committed nothing since its validating pass
-    job.save_record(record)
-    assert (record.attempt_node, record.attempt_run) == ("node-a", lock_a.run)
+    assert record.open_attempt and (record.attempt_node, record.attempt_run) == ("node-a", lock_a.run)
     if not alive:
         lock_a.release()  # node-a's daemon is gone: its open attempt was a crash
     taken = leases.acquire(job, "node-b", leases.current(job))

@@ -352,3 +352,42 @@ def test_a_crash_after_a_segment_was_renamed_into_place_resumes_from_the_merged_
     segments.segment_path(tmp_path, state, 4, "output").write_bytes(b"r3\n")
     segments.merge(tmp_path, [(state, resumed.model_copy(update={"output_bytes": 3}))], own=(state, 4))
     assert (tmp_path / "output.jsonl").read_bytes() == b"r1\nr2\nr3\n"
+
+
+# ---- priority: a free shard against the inbox ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("shard_priority,inbox_priority,first", [(0, 5, "inbox"), (10, 0, "shard")])
+def test_a_free_shard_and_an_inbox_job_are_taken_by_priority(tmp_path: Path, shard_priority: int, inbox_priority: int, first: str) -> None:
+    import time
+
+    from spoold.daemon import Daemon
+    from spoold.gpu import GpuMonitor
+    from spoold.metrics import Metrics
+    from spoold.notify import Notifier
+    from spoold.service import Service
+    from spoold.shards import ShardPlan, save_plan
+    from spoold.validate import validate_file
+    from spoold.fsutil import atomic_write_json
+
+    config = Config(spool_dir=tmp_path, engine={"backend": "echo", "max_active_jobs": 1}, metrics={"listen": ""},
+                    watch={"settle_seconds": 0})  # fmt: skip
+    spool = Spool(tmp_path)
+    spool.init()
+    drop_job(spool.inbox, "big", [chat_line(f"s{i}", "hi") for i in range(400)], {"priority": shard_priority})
+    job = claim(spool, "big", "elsewhere")  # cut by another daemon, which then died: every shard is free
+    atomic_write_json(job.validation, validate_file(job.input, "tiny-random").model_dump())
+    save_plan(job, ShardPlan(spans=cut_spans(job.input, 2)))
+    drop_job(spool.inbox, "small", [chat_line("x", "hi")], {"priority": inbox_priority})
+    service = Service(config, Notifier(None), Metrics(), GpuMonitor(nvml=None, environ={}))
+    daemon = Daemon(config, loader=lambda cfg, profile: EchoEngine("tiny-random", delay=0), service=service)
+    now = time.time()
+    for _ in range(50):
+        now += 1
+        daemon.tick(now=now)
+        if daemon.starting or daemon.active:
+            break
+    taken = set(daemon.starting) | {j.name for j in daemon.active}
+    assert taken == ({"small"} if first == "inbox" else {"big#1"}), taken
+    daemon.starter.shutdown(wait=True)
+    daemon.io.shutdown(wait=True)
