@@ -73,8 +73,12 @@ def try_merge(ctx, job: JobDir, finish) -> str | None:
         return None  # another daemon merges
     states: list[ShardState] = []
     parts = []
-    for shard in shard_dirs(job, plan):
+    shards = shard_dirs(job, plan)
+    ending = shards[0].cancel_requested()
+    for shard in shards:
         state, shard_lease, ckpt = shard_state(shard)
+        if not state.finished and not ending:
+            return None  # taken up again since we looked: its owner ends it and merges
         if not state.finished:  # the job is ending: no late owner may commit to this shard any more
             if leases.acquire(shard, ctx.node, shard_lease) is None:
                 log.info("shard %d was taken meanwhile; its owner merges", shard.span.index + 1, extra={"job": job.name})

@@ -221,6 +221,17 @@ def test_a_shard_that_fails_for_good_fails_the_job_and_stops_the_others(tmp_path
     assert [s["status"] for s in batch["spoold"]["shards"]] == ["cancelled", "failed", "cancelled"]
     custom = [r["custom_id"] for r in read_records(failed)]
     assert len(custom) == len(set(custom)), "what was done is kept, once"
+    # requeued, it starts afresh (its shard state goes with the failed attempt) and runs to the end
+    from spoold.control import requeue
+
+    requeue(spool, "big")
+    job = claim(spool, "big", "n1")
+    first = start_job(ctx, job, leases.current(job))
+    assert isinstance(first, ActiveJob) and load_plan(job).count == 3
+    first.close_reader()
+    for shard in shard_dirs(job, load_plan(job)):
+        run_many(ctx, EchoEngine("tiny-random", delay=0), [(shard, leases.acquire(shard, "n1", leases.current(shard)))])
+    _assert_once(tmp_path / "done" / "big", ids)
 
 
 def test_cancel_reaches_every_shard(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, wait_for
 
 pytestmark = pytest.mark.slow
@@ -77,8 +78,29 @@ def _running_owners(d: SpooldProcess) -> set[str]:
     return {s["node"] for r in rows for s in r.get("shards") or [] if s["status"] == "running" and s["node"]}
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _jobs_completed(port: int) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    lines = [line for line in text.splitlines() if line.startswith('spoold_jobs_total{outcome="completed"}')]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
 def test_status_shows_a_sharded_jobs_shards_and_their_owners(tmp_path: Path) -> None:
+    ports = [_free_port(), _free_port()]
     daemons = _daemons(tmp_path, 2, lease_seconds=5, engine={"window": 8})
+    for d, port in zip(daemons, ports):  # each daemon its own /metrics
+        cfg = yaml.safe_load(d.config_path.read_text())
+        cfg["metrics"] = {"listen": f"127.0.0.1:{port}"}
+        d.config_path.write_text(yaml.safe_dump(cfg))
     ids = [f"s{i}" for i in range(2000)]
     drop_job(daemons[0].inbox, "big", [chat_line(c, "hi") for c in ids], {"chunk_size": 20, "shards": 2})
     try:
@@ -90,6 +112,8 @@ def test_status_shows_a_sharded_jobs_shards_and_their_owners(tmp_path: Path) -> 
         live = json.loads((daemons[0].spool / "processing" / "big" / "batch.json").read_text())
         assert len(live["spoold"]["shards"]) == 2 and live["status"] == "in_progress"
         job = daemons[0].wait_finished("big", timeout=120)
+        time.sleep(1.0)
+        assert sum(_jobs_completed(port) for port in ports) == 1, "the job counts once, not once per shard"
     finally:
         for d in daemons:
             d.__exit__()
