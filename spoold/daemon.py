@@ -34,7 +34,6 @@ from spoold.engine.manager import EngineManager, Loader
 from spoold.errors import SidecarError, SpooldError
 from spoold.faults import one_line
 from spoold.finish import FinishHooks
-from spoold.fsutil import mtime_or_now
 from spoold.inputcheck import read_regular
 from spoold.intake import Intake
 from spoold.jobcommit import close, commit, open_attempt
@@ -49,11 +48,10 @@ from spoold.profiles import load_profiles
 from spoold.readiness import ReadinessRule, Verdict
 from spoold.scheduler import Candidate
 from spoold.service import Service
-from spoold.shardend import mergeable
-from spoold.shards import ShardDir, load_plan, shard_dirs, shard_state
+from spoold.resumable import find_resumable
+from spoold.shards import ShardDir, load_plan
 from spoold.sidecar import Sidecar, parse_sidecar
 from spoold.spool import Spool
-from spoold.states import JobState
 from spoold.watcher import InboxWatcher
 
 log = logging.getLogger(__name__)
@@ -589,65 +587,10 @@ class Daemon:
     # ---- candidates --------------------------------------------------------------------------
 
     def _find_resumable(self, now: float) -> list[_Choice]:
-        """processing/ jobs this node left behind, or whose owner's lease went stale; free shards; merges due."""
+        """processing/ jobs and shards this daemon may take now (resumable.py)."""
         mine = {j.name for j in self.active + self.waiting} | set(self.starting) | {c.name for c in self.closing}
-        found = []
-        for job in self.spool.jobs(JobState.PROCESSING):
-            if job.name in mine or self._not_before.get(job.name, 0) > now:
-                continue
-            plan = load_plan(job)
-            if plan is not None:
-                found.extend(self._free_shards(job, plan, mine, now))
-                continue
-            current = leases.current(job)
-            own = current is not None and current.node == self.node
-            if not own and not leases.is_stale(current, mtime_or_now(job.state), now, self.config.lease_seconds):
-                continue
-            try:
-                record = job.load_record()
-            except (OSError, ValueError):
-                continue
-            if record.retry_after > now:
-                continue
-            priority, model = self._peek_file(job.name, job.meta)
-            if self._too_big(job.name, model):
-                continue
-            found.append(_Choice(Candidate(job.name, priority, record.claimed_at, model), None, job, current))
-        return found
-
-    def _free_shards(self, job: JobDir, plan, mine: set[str], now: float) -> list[_Choice]:
-        """Shards of `job` nobody works on (never claimed, stale, or left by our node's previous run), and
-        the job itself when its shards are ready to merge and nobody is merging them."""
-        priority, model = self._peek_file(job.name, job.meta)
-        if self._too_big(job.name, model):
-            return []
-        try:
-            claimed_at = job.load_record().claimed_at
-        except (OSError, ValueError):
-            return []
-        found = []
-        for shard in shard_dirs(job, plan):
-            if shard.name in mine or self._not_before.get(shard.name, 0) > now:
-                continue
-            state, lease, _ = shard_state(shard)
-            if state.finished:
-                continue
-            if lease is not None:
-                earlier_run = lease.node == self.node and lease.pid != os.getpid()
-                if not earlier_run and not leases.is_stale(lease, 0.0, now, self.config.lease_seconds):
-                    continue
-                try:
-                    if shard.record_path.exists() and shard.load_record().retry_after > now:
-                        continue
-                except (OSError, ValueError):
-                    continue
-            found.append(_Choice(Candidate(shard.name, priority, claimed_at, model), None, shard, lease))
-        if mergeable(job, plan, self.node, self.config.lease_seconds, now):
-            current = leases.current(job)
-            own = current is not None and current.node == self.node
-            if own or leases.is_stale(current, mtime_or_now(job.state), now, self.config.lease_seconds):
-                found.append(_Choice(Candidate(job.name, priority, claimed_at, model), None, job, current))
-        return found
+        found = find_resumable(self.spool, self.node, self.config.lease_seconds, mine, self._not_before, self._peek_file, self._too_big, now)
+        return [_Choice(r.candidate, None, r.job, r.lease) for r in found]
 
     def _too_big(self, name: str, model: str | None) -> bool:
         """A job whose model needs more GPUs than CUDA_VISIBLE_DEVICES lists is left to a daemon with more."""

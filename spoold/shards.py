@@ -14,7 +14,6 @@ lines and duplicate custom_ids across shards mean what they mean unsharded.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -199,7 +198,3 @@ def shard_state(shard: ShardDir) -> tuple[ShardState, leases.Lease | None, Check
         renewed_at=lease.renewed_at if lease else 0.0, outcome=outcome, reason=ckpt.reason if outcome else None, records=ckpt.records,
     )  # fmt: skip
     return state, lease, ckpt
-
-
-def chunk_total(plan: ShardPlan, chunk_size: int) -> int:
-    return sum(math.ceil(s.lines / chunk_size) for s in plan.spans)
