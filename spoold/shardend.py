@@ -94,10 +94,10 @@ def try_merge(ctx, job: JobDir, finish) -> str | None:
         end = JobEnd("cancelled")
     else:
         end = JobEnd("completed")
+    log.info("merging %d shards (%d records)", plan.count, total.records, extra={"job": job.name})
     merge(job.path, parts)
     record = job.load_record()
     _add_run_facts(record, [ShardDir(job.path, span, plan.count) for span in plan.spans])
-    log.info("merging %d shards (%d records)", plan.count, total.records, extra={"job": job.name})
     return finish(job, record, end, total, states)
 
 

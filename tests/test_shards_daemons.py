@@ -145,3 +145,28 @@ def test_a_frozen_owner_that_wakes_after_a_takeover_adds_nothing(tmp_path: Path)
     assert_exactly_once(job, ids)
     assert json.loads((job / "batch.json").read_text())["spoold"]["node"] == "host-1"
     assert not (job.parent / "job.2").exists()
+
+
+def test_kill_9_during_the_merge_then_a_restart_finishes_it_once(tmp_path: Path) -> None:
+    """The merge of a large sharded job is killed as it starts (or just after: wherever the kill lands);
+    the restarted daemon merges again and finishes the job once, every line once."""
+    handlers, out = _exec_handler(tmp_path)
+    (d,) = _daemons(tmp_path, 1, lease_seconds=2, engine={"window": 1024}, chunk_size=1000, handlers=handlers)
+    ids = [f"m{i}" for i in range(20_000)]
+    long_text = "x" * 300  # echo answers with its input: about 1 KB per record, a 20 MB merge
+    drop_job(d.inbox, "big", [chat_line(c, long_text) for c in ids], {"shards": 3})
+    try:
+        d.start()
+        wait_for(lambda: "merging 3 shards" in d.log(), 180, interval=0.005, what="the merge to start")
+        d.kill()
+        merged_before = (d.spool / "done" / "big").exists()
+        d.start()
+        job = d.wait_finished("big", timeout=120)
+        wait_for(lambda: out.exists() and out.read_text().strip(), 30, what="the handler")
+        time.sleep(1.0)
+    finally:
+        d.__exit__()
+    assert job.parent.name == "done"
+    assert_exactly_once(job, ids)
+    assert json.loads((job / "batch.json").read_text())["request_counts"]["completed"] == 20_000
+    assert out.read_text().splitlines() == ["big completed"], f"handlers run once (merged before the kill: {merged_before})"
