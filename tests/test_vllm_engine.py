@@ -6,6 +6,7 @@ real engine through the same add/step interface the runner uses.
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -295,3 +296,23 @@ def test_requests_reach_vllm_in_one_burst_at_step_and_a_refused_one_is_its_lines
 def test_auto_window_is_twice_vllms_batch(tiny_engine: Any) -> None:
     seqs = tiny_engine._llm.vllm_config.scheduler_config.max_num_seqs
     assert seqs >= 1 and tiny_engine.auto_window() == 2 * seqs
+
+
+@engine_test
+def test_a_loaded_engine_hides_its_startup_heap_from_the_collector(tiny_engine: Any) -> None:
+    assert gc.get_freeze_count() > 10_000  # vLLM, torch, the tokenizer: no full collection walks them
+
+
+def test_close_gives_the_frozen_heap_back_to_the_collector() -> None:
+    from types import SimpleNamespace
+
+    from spoold.engine.vllm_backend import VllmEngine
+
+    was_frozen = gc.get_freeze_count() > 0
+    gc.freeze()
+    engine = VllmEngine.__new__(VllmEngine)  # already closed: no engine processes to stop
+    engine._llm, engine._pending, engine._outbox, engine._pooling = None, {}, [], SimpleNamespace(close=lambda: None)
+    engine.close()
+    assert gc.get_freeze_count() == 0
+    if was_frozen:  # the session's engines stay as loading left them
+        gc.freeze()

@@ -154,6 +154,7 @@ class VllmEngine(Engine):
             log.error("loading model %s (%s) failed", profile.name, model_path, exc_info=True)
             raise ModelLoadError(load_reason(exc)) from exc
         engine.load_seconds = time.monotonic() - started
+        freeze_heap()
         log.debug("model %s loaded from %s in %.1fs", profile.name, model_path, engine.load_seconds)
         return engine
 
@@ -260,6 +261,7 @@ class VllmEngine(Engine):
 
     def close(self) -> None:
         """Stop the engine processes and drop every reference so memory (and GPU memory) is freed."""
+        gc.unfreeze()  # what load froze can be collected again
         llm, self._llm = self._llm, None
         self._pending.clear()
         self._outbox.clear()
@@ -386,6 +388,14 @@ class VllmEngine(Engine):
 
 
 # ---- module helpers ----------------------------------------------------------------------------
+
+
+def freeze_heap() -> None:
+    """After a model load, hide every object alive now (vLLM, torch, the tokenizer) from the garbage
+    collector, as vLLM's own server does (`freeze_gc_heap`): each full collection walked them all,
+    about 0.45 s apiece, four times in an 8,192-request chat job here. `close` unfreezes them."""
+    gc.collect()
+    gc.freeze()
 
 
 def _token_logprobs(completion: Any, top: int) -> list[responses.TokenLogprob]:
