@@ -9,9 +9,7 @@ vLLM, so the prompt length is known before a request enters the engine and an
 over-long prompt becomes that line's error instead of an engine exception.
 
 `add` renders a request and queues it; `step` hands everything queued to vLLM
-in one burst before it steps, so the engine core schedules one full batch
-rather than a step per request as they trickle in (embeddings finish in one
-step, so a trickle meant steps of a few requests each).
+in one burst before it steps (vllm_outbox.py).
 """
 
 from __future__ import annotations
@@ -33,11 +31,13 @@ from spoold.engine.tools import ChatPlan, ChatTooling, ToolsRejected, parser_cla
 from spoold.engine.vllm_load import (
     CPU_DEFAULTS,
     check_engine_arg_names,
+    freeze_heap,
     hub_offline,
     load_reason,
     merged_engine_args,
     resolve_model_path,
 )
+from spoold.engine.vllm_outbox import Outbox
 from spoold.engine.vllm_pooling import POOLING_KINDS, PoolingFrontend, PoolingRejected
 from spoold.lines import KIND_URLS
 from spoold.profiles import ModelProfile
@@ -55,16 +55,6 @@ class RequestRejected(ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass(frozen=True)
-class _Outgoing:
-    """A rendered request waiting for the next burst into vLLM."""
-
-    request_id: str
-    prompt: Any
-    params: Any
-    key: int
 
 
 @dataclass(frozen=True)
@@ -101,8 +91,8 @@ class VllmEngine(Engine):
         self._max_model_len = int(llm.model_config.max_model_len)
         self._defaults = sampling_defaults
         self._pending: dict[str, _Pending] = {}
-        self._outbox: list[_Outgoing] = []
-        """Rendered, not yet handed to vLLM: `step` submits them all at once."""
+        self._outbox = Outbox()
+        """Rendered, not yet handed to vLLM: `step` hands them over all at once."""
         self._ids = itertools.count()
         self._errors = _vllm_request_errors()
         self._pooling = PoolingFrontend(llm, name)
@@ -205,7 +195,7 @@ class VllmEngine(Engine):
     def _add_pooling(self, request: EngineRequest) -> EngineResult | None:
         try:
             for sub_id, prompt, params in self._pooling.add(request):
-                self._outbox.append(_Outgoing(sub_id, prompt, params, request.key))
+                self._outbox.put(sub_id, prompt, params, request.key)
         except PoolingRejected as exc:
             return _error(request, "invalid_request", str(exc))
         except self._errors as exc:
@@ -244,7 +234,7 @@ class VllmEngine(Engine):
 
     def abort(self, keys: list[int]) -> None:
         drop = set(keys)
-        self._outbox = [o for o in self._outbox if o.key not in drop]
+        self._outbox.drop(drop)
         self._pooling.abort(drop)
         ids = [rid for rid, p in self._pending.items() if p.request.key in drop]
         if ids:
@@ -313,25 +303,16 @@ class VllmEngine(Engine):
             output_kind=RequestOutputKind.FINAL_ONLY,  # one output per request, all n choices together
             skip_clone=True,  # built for this request alone: no deep copy in add_request (as vLLM's server does)
         )
-        self._outbox.append(_Outgoing(request_id, self._engine_input(prompt_ids), params, key))
+        self._outbox.put(request_id, self._engine_input(prompt_ids), params, key)
 
     def _flush(self) -> list[EngineResult]:
         """Hand every queued request to vLLM; one it refuses is that line's error (returned)."""
-        outbox, self._outbox = self._outbox, []
-        refused: list[EngineResult] = []
-        gone: set[int] = set()  # lines already refused (a pooling line may be several requests)
-        for item in outbox:
-            if item.key in gone:
-                continue
-            try:
-                self._llm.add_request(item.request_id, item.prompt, item.params)
-            except self._errors as exc:
-                gone.add(item.key)
-                refused.append(self._refuse(item.request_id, _one_line(exc)))
-            except Exception as exc:  # noqa: BLE001 - anything else means the engine itself is gone
-                log.error("vLLM engine rejected a request unexpectedly", exc_info=True)
-                raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
-        return refused
+        try:
+            refused = self._outbox.flush(self._llm.add_request, self._errors)
+        except Exception as exc:  # noqa: BLE001 - anything else means the engine itself is gone
+            log.error("vLLM engine rejected a request unexpectedly", exc_info=True)
+            raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
+        return [self._refuse(request_id, _one_line(exc)) for request_id, exc in refused]
 
     def _refuse(self, request_id: str, message: str) -> EngineResult:
         if self._pooling.owns(request_id):
@@ -388,14 +369,6 @@ class VllmEngine(Engine):
 
 
 # ---- module helpers ----------------------------------------------------------------------------
-
-
-def freeze_heap() -> None:
-    """After a model load, hide every object alive now (vLLM, torch, the tokenizer) from the garbage
-    collector, as vLLM's own server does (`freeze_gc_heap`): each full collection walked them all,
-    about 0.45 s apiece, four times in an 8,192-request chat job here. `close` unfreezes them."""
-    gc.collect()
-    gc.freeze()
 
 
 def _token_logprobs(completion: Any, top: int) -> list[responses.TokenLogprob]:
