@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -41,8 +41,9 @@ class EngineConfig(Strict):
     max_active_jobs: int = Field(8, ge=1)
     """Jobs of the loaded model fed to the engine at once (SPEC section 7)."""
     # spoold's own additions (not in SPEC; documented in the README):
-    window: int = Field(256, ge=1)
-    """Requests kept in flight in the engine; chunk boundaries do not drain it."""
+    window: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """Requests kept in flight in the engine; chunk boundaries do not drain it. `auto`: twice the
+    loaded engine's batch (vLLM's max_num_seqs), so its scheduler always has the next requests queued."""
     model_switch_after: Seconds = Field(600.0, ge=0)
     """Switch away from the loaded model once another model's oldest job waited this long."""
     state_dir: Path = Path("/var/lib/spoold")

@@ -29,7 +29,7 @@ from spoold.active import ActiveJob, JobContext
 from spoold.config import Config, load_config
 from spoold.engine import load_engine
 from spoold.engine.base import EngineFailure, ModelLoadError
-from spoold.engine.loop import EngineLoop
+from spoold.engine.loop import EngineLoop, resolve_window
 from spoold.engine.manager import EngineManager, Loader
 from spoold.errors import SidecarError, SpooldError
 from spoold.faults import one_line
@@ -273,7 +273,7 @@ class Daemon:
         Jobs are never hoarded: a daemon busy with a long job leaves the rest of the
         inbox to other daemons until its reader nears the end.
         """
-        window = self.config.engine.window
+        window = resolve_window(self.config.engine.window, self.loop.engine if self.loop else None)
         starting = sum(self._supply.get(name, window) for name in self.starting)  # a shard's size is known; a job's is not yet
         supply = sum(j.remaining() for j in self.active + self.waiting) + starting
         return supply < 2 * window

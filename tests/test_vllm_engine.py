@@ -6,6 +6,7 @@ real engine through the same add/step interface the runner uses.
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,56 @@ def test_unknown_engine_argument_is_a_model_load_error(tiny_state_dir: Path) -> 
     config = Config.model_validate({"engine": {"state_dir": str(tiny_state_dir), "engine_args": {"no_such_arg": 1}}})
     with pytest.raises(ModelLoadError, match="unknown vLLM engine argument.*no_such_arg"):
         VllmEngine.load(config, load_profiles()["tiny-random"])
+
+
+@engine_test
+def test_requests_reach_vllm_in_one_burst_at_step_and_a_refused_one_is_its_lines_error(tiny_engine: Any, monkeypatch: Any) -> None:
+    real = tiny_engine._llm.add_request
+    handed: list[str] = []
+
+    def add_request(request_id: str, prompt: Any, params: Any, *args: Any, **kwargs: Any) -> Any:
+        handed.append(request_id)
+        if request_id.endswith("-2"):
+            raise ValueError("refused by vLLM\nwith a second line")
+        return real(request_id, prompt, params, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_engine._llm, "add_request", add_request)
+    for i in range(1, 5):
+        assert tiny_engine.add(chat(i, max_tokens=2, ignore_eos=True)) is None
+    tiny_engine.abort([4])  # dropped before it was handed over: never reaches vLLM
+    assert handed == [] and tiny_engine.in_flight() == 3
+    done: dict[int, EngineResult] = {}
+    while tiny_engine.in_flight():
+        for result in tiny_engine.step():
+            done[result.key] = result
+        assert len(handed) == 3  # all in the first step's burst
+    assert sorted(done) == [1, 2, 3]
+    assert done[2].error is not None and done[2].error.code == "invalid_request" and done[2].error.message == "refused by vLLM"
+    assert done[1].completion_tokens == done[3].completion_tokens == 2
+    assert not tiny_engine._llm.has_unfinished_requests()
+
+
+@engine_test
+def test_auto_window_is_twice_vllms_batch(tiny_engine: Any) -> None:
+    seqs = tiny_engine._llm.vllm_config.scheduler_config.max_num_seqs
+    assert seqs >= 1 and tiny_engine.auto_window() == 2 * seqs
+
+
+@engine_test
+def test_a_loaded_engine_hides_its_startup_heap_from_the_collector(tiny_engine: Any) -> None:
+    assert gc.get_freeze_count() > 10_000  # vLLM, torch, the tokenizer: no full collection walks them
+
+
+def test_close_gives_the_frozen_heap_back_to_the_collector() -> None:
+    from types import SimpleNamespace
+
+    from spoold.engine.vllm_backend import VllmEngine
+
+    was_frozen = gc.get_freeze_count() > 0
+    gc.freeze()
+    engine = VllmEngine.__new__(VllmEngine)  # already closed: no engine processes to stop
+    engine._llm, engine._pending, engine._outbox, engine._pooling = None, {}, [], SimpleNamespace(close=lambda: None)
+    engine.close()
+    assert gc.get_freeze_count() == 0
+    if was_frozen:  # the session's engines stay as loading left them
+        gc.freeze()

@@ -156,3 +156,21 @@ def test_abort_all_empties_the_engine(tiny_embed_engine: Any) -> None:
     tiny_embed_engine.abort_all()
     assert tiny_embed_engine.in_flight() == 0 and tiny_embed_engine.step() == []
     assert vectors(run(tiny_embed_engine, embed(9, {"input": "after"}))[9])
+
+
+def test_a_line_vllm_refuses_at_submission_is_its_error_and_its_other_inputs_are_dropped(tiny_embed_engine: Any, monkeypatch: Any) -> None:
+    real = tiny_embed_engine._llm.add_request
+    handed: list[str] = []
+
+    def add_request(request_id: str, prompt: Any, params: Any, *args: Any, **kwargs: Any) -> Any:
+        handed.append(request_id)
+        if len(handed) == 2:  # the second input of line 1
+            raise ValueError("refused by vLLM")
+        return real(request_id, prompt, params, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_embed_engine._llm, "add_request", add_request)
+    results = run(tiny_embed_engine, embed(1, {"input": ["a b c", "d e f", "g h"]}), embed(2, {"input": "fine"}))
+    assert results[1].error is not None and results[1].error.message == "refused by vLLM"
+    assert len(handed) == 3  # line 1's third input was never handed over; line 2's was
+    assert results[2].error is None and vectors(results[2])
+    assert tiny_embed_engine.in_flight() == 0 and not tiny_embed_engine._llm.has_unfinished_requests()

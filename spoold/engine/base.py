@@ -60,11 +60,20 @@ class ModelLoadError(EngineFailure):
     """The model could not be loaded; its jobs fail with this message."""
 
 
+AUTO_WINDOW = 256
+"""`engine.window: auto` for an engine that names no batch size of its own (echo)."""
+
+
 class Engine(ABC):
     """A loaded model that accepts requests and returns them as they finish."""
 
     model: str
     """The profile name (or local path) this engine serves."""
+
+    def auto_window(self) -> int:
+        """Requests to keep in flight under `engine.window: auto`: enough that the engine's
+        scheduler never waits for the loop to add the next ones."""
+        return AUTO_WINDOW
 
     @abstractmethod
     def add(self, request: EngineRequest) -> EngineResult | None:

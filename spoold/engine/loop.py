@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from typing import Protocol
 
-from spoold.engine.base import Engine, EngineRequest, EngineResult
+from spoold.engine.base import AUTO_WINDOW, Engine, EngineRequest, EngineResult
 from spoold.faults import add_or_reject
 
 FILL_BUDGET = 1000
@@ -30,6 +30,13 @@ class Feeder(Protocol):
     def dropped(self, count: int) -> None: ...
 
 
+def resolve_window(configured: int | str, engine: Engine | None) -> int:
+    """`engine.window` as a number: `auto` asks the loaded engine (AUTO_WINDOW before one is loaded)."""
+    if isinstance(configured, int):
+        return configured
+    return engine.auto_window() if engine is not None else AUTO_WINDOW
+
+
 class EngineLoop:
     def __init__(self, engine: Engine, clock=time.monotonic) -> None:
         self.engine = engine
@@ -42,8 +49,9 @@ class EngineLoop:
     def in_flight(self) -> int:
         return len(self._owners)
 
-    def fill(self, feeders: list[Feeder], window: int, budget: int = FILL_BUDGET) -> None:
-        """Add requests from `feeders`, in order, until the window is full or the budget is spent."""
+    def fill(self, feeders: list[Feeder], window: int | str, budget: int = FILL_BUDGET) -> None:
+        """Add requests from `feeders`, in order, until the window (`engine.window`) is full or the budget is spent."""
+        window = resolve_window(window, self.engine)
         for feeder in feeders:
             if feeder.backlogged():
                 continue  # its commits lag behind: no more of its records in memory for now

@@ -7,6 +7,9 @@ ImportError at start-up.
 Requests are rendered here (chat template -> token ids) rather than inside
 vLLM, so the prompt length is known before a request enters the engine and an
 over-long prompt becomes that line's error instead of an engine exception.
+
+`add` renders a request and queues it; `step` hands everything queued to vLLM
+in one burst before it steps (vllm_outbox.py).
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from spoold.engine.tools import ChatPlan, ChatTooling, ToolsRejected, parser_cla
 from spoold.engine.vllm_load import (
     CPU_DEFAULTS,
     check_engine_arg_names,
+    freeze_heap,
     hub_offline,
     load_reason,
     merged_engine_args,
     resolve_model_path,
 )
+from spoold.engine.vllm_outbox import Outbox
 from spoold.engine.vllm_pooling import POOLING_KINDS, PoolingFrontend, PoolingRejected
 from spoold.lines import KIND_URLS
 from spoold.profiles import ModelProfile
@@ -86,6 +91,8 @@ class VllmEngine(Engine):
         self._max_model_len = int(llm.model_config.max_model_len)
         self._defaults = sampling_defaults
         self._pending: dict[str, _Pending] = {}
+        self._outbox = Outbox()
+        """Rendered, not yet handed to vLLM: `step` hands them over all at once."""
         self._ids = itertools.count()
         self._errors = _vllm_request_errors()
         self._pooling = PoolingFrontend(llm, name)
@@ -137,10 +144,18 @@ class VllmEngine(Engine):
             log.error("loading model %s (%s) failed", profile.name, model_path, exc_info=True)
             raise ModelLoadError(load_reason(exc)) from exc
         engine.load_seconds = time.monotonic() - started
+        freeze_heap()
         log.debug("model %s loaded from %s in %.1fs", profile.name, model_path, engine.load_seconds)
         return engine
 
     # ---- the Engine interface --------------------------------------------------------------
+
+    def auto_window(self) -> int:
+        """Twice vLLM's batch (max_num_seqs): requests that finish are replaced from its own queue at
+        once, as under `LLM.chat` over a whole list, not after the loop's next add."""
+        scheduler = getattr(getattr(self._llm, "vllm_config", None), "scheduler_config", None)
+        seqs = getattr(scheduler, "max_num_seqs", None)
+        return 2 * int(seqs) if seqs else super().auto_window()
 
     def add(self, request: EngineRequest) -> EngineResult | None:
         if request.kind not in self.kinds:
@@ -162,7 +177,7 @@ class VllmEngine(Engine):
             if plan is not None:
                 plan.apply(kwargs)
             request_id = f"{next(self._ids)}-{request.key}"
-            self._submit(request_id, prompt_ids, kwargs)
+            self._queue(request_id, prompt_ids, kwargs, request.key)
         except RequestRejected as exc:
             return _error(request, exc.code, str(exc))
         except (sampling.SamplingError, chat.ChatRejected, ToolsRejected) as exc:
@@ -179,7 +194,8 @@ class VllmEngine(Engine):
 
     def _add_pooling(self, request: EngineRequest) -> EngineResult | None:
         try:
-            self._pooling.add(request)
+            for sub_id, prompt, params in self._pooling.add(request):
+                self._outbox.put(sub_id, prompt, params, request.key)
         except PoolingRejected as exc:
             return _error(request, "invalid_request", str(exc))
         except self._errors as exc:
@@ -192,12 +208,14 @@ class VllmEngine(Engine):
     def step(self) -> list[EngineResult]:
         if not self._pending and not len(self._pooling):
             return []  # an empty multiprocess engine would block in step()
+        results = self._flush()
+        if not self._pending and not len(self._pooling):
+            return results  # vLLM refused all that was queued
         try:
             outputs = self._llm.step()
         except Exception as exc:  # noqa: BLE001 - a dead engine (EngineDeadError, worker crash) fails the attempt
             log.error("vLLM engine step failed", exc_info=True)
             raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
-        results = []
         for output in outputs:
             if not output.finished:
                 continue
@@ -216,6 +234,7 @@ class VllmEngine(Engine):
 
     def abort(self, keys: list[int]) -> None:
         drop = set(keys)
+        self._outbox.drop(drop)
         self._pooling.abort(drop)
         ids = [rid for rid, p in self._pending.items() if p.request.key in drop]
         if ids:
@@ -224,6 +243,7 @@ class VllmEngine(Engine):
                 del self._pending[rid]
 
     def abort_all(self) -> None:
+        self._outbox.clear()
         if self._pending:
             self._llm.abort_request(list(self._pending))
             self._pending.clear()
@@ -231,8 +251,10 @@ class VllmEngine(Engine):
 
     def close(self) -> None:
         """Stop the engine processes and drop every reference so memory (and GPU memory) is freed."""
+        gc.unfreeze()  # what load froze can be collected again
         llm, self._llm = self._llm, None
         self._pending.clear()
+        self._outbox.clear()
         self._pooling.close()
         if llm is None:
             return
@@ -270,7 +292,7 @@ class VllmEngine(Engine):
             return list(prompt)
         raise RequestRejected("invalid_request", "prompt must be a non-empty string or list of token ids (one prompt per line)")
 
-    def _submit(self, request_id: str, prompt_ids: list[int], kwargs: dict[str, Any]) -> None:
+    def _queue(self, request_id: str, prompt_ids: list[int], kwargs: dict[str, Any], key: int) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -279,8 +301,24 @@ class VllmEngine(Engine):
             **kwargs,
             structured_outputs=StructuredOutputsParams(**structured) if structured else None,
             output_kind=RequestOutputKind.FINAL_ONLY,  # one output per request, all n choices together
+            skip_clone=True,  # built for this request alone: no deep copy in add_request (as vLLM's server does)
         )
-        self._llm.add_request(request_id, self._engine_input(prompt_ids), params)
+        self._outbox.put(request_id, self._engine_input(prompt_ids), params, key)
+
+    def _flush(self) -> list[EngineResult]:
+        """Hand every queued request to vLLM; one it refuses is that line's error (returned)."""
+        try:
+            refused = self._outbox.flush(self._llm.add_request, self._errors)
+        except Exception as exc:  # noqa: BLE001 - anything else means the engine itself is gone
+            log.error("vLLM engine rejected a request unexpectedly", exc_info=True)
+            raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
+        return [self._refuse(request_id, _one_line(exc)) for request_id, exc in refused]
+
+    def _refuse(self, request_id: str, message: str) -> EngineResult:
+        if self._pooling.owns(request_id):
+            return self._pooling.refuse(request_id, message)
+        pending = self._pending.pop(request_id)
+        return _error(pending.request, "invalid_request", message)
 
     def _engine_input(self, prompt_ids: list[int]) -> Any:
         """vLLM 0.32 wants prompts pre-rendered by its renderer; older versions take the plain dict."""

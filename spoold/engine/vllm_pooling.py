@@ -89,23 +89,24 @@ class PoolingFrontend:
         """Lines in the engine (each may be several engine requests)."""
         return len(self._jobs)
 
-    def add(self, request: EngineRequest) -> None:
-        """Put one line's inputs into the engine; PoolingRejected or vLLM's ValueError: that line's error."""
+    def add(self, request: EngineRequest) -> list[tuple[str, Any, Any]]:
+        """Take one line: its engine requests (id, prompt, params) for the caller to hand to vLLM.
+
+        PoolingRejected or vLLM's ValueError: that line's error, and nothing is taken."""
         ctx, processor, inputs = self.prepare(request)
         key = ctx.request_id
         sub_ids = [f"{key}#{i}" for i in range(len(inputs))]
-        added: list[str] = []
-        try:
-            for sub_id, engine_input in zip(sub_ids, inputs, strict=True):
-                self._llm.add_request(sub_id, engine_input["prompts"], engine_input["params"])
-                added.append(sub_id)
-        except BaseException:
-            if added:
-                self._llm.abort_request(added)
-            raise
         self._jobs[key] = PoolingJob(request, ctx, processor, sub_ids)
         for i, sub_id in enumerate(sub_ids):
             self._sub[sub_id] = (key, i)
+        return [(sub_id, e["prompts"], e["params"]) for sub_id, e in zip(sub_ids, inputs, strict=True)]
+
+    def refuse(self, request_id: str, message: str) -> EngineResult:
+        """vLLM refused one of a line's requests: the line is dropped (its others aborted); its error."""
+        key, _ = self._sub[request_id]
+        job = self._jobs[key]
+        self._drop(key)
+        return _error(job.request, "invalid_request", message)
 
     def owns(self, request_id: str) -> bool:
         return request_id in self._sub
