@@ -47,13 +47,13 @@ def shard_rows(job: JobDir, now: float | None = None) -> list[dict[str, Any]] | 
         else:
             status = "running"
         rows.append({
-            "index": state.index + 1, "of": plan.count, "lines": state.lines, "status": status, "node": state.owner,
-            "lease_age_seconds": round(now - lease.renewed_at, 1) if lease else None,
-            "done": ckpt.records, "succeeded": ckpt.succeeded, "failed": ckpt.failed,
-            "prompt_tokens": ckpt.prompt_tokens, "completion_tokens": ckpt.completion_tokens, "chunks": ckpt.chunks,
+            **state.public(plan.count, status), "lease_age_seconds": round(now - lease.renewed_at, 1) if lease else None,
+            "succeeded": ckpt.succeeded, "failed": ckpt.failed, "prompt_tokens": ckpt.prompt_tokens,
+            "completion_tokens": ckpt.completion_tokens, "chunks": ckpt.chunks,
         })  # fmt: skip
     return rows
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as batch.json's `spoold.shards` lists it: ShardState.public's keys, without the run details."""
     return {k: row[k] for k in ("index", "of", "lines", "status", "node", "done")}

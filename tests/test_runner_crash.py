@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from inline_driver import Hooks, run_inline, run_many
-from spoold_helpers import assert_exactly_once, chat_line, drop_job, LatestCheckpoint
+from spoold_helpers import assert_exactly_once, chat_line, drop_job
 
 from spoold import lease as leases
+from spoold.checkpoint import load_checkpoint
 from spoold.claim import claim
 from spoold.jobdir import JobDir
 from spoold.config import Config
@@ -106,8 +107,7 @@ def test_random_crashes_and_torn_tails_still_exactly_once(tmp_path: Path, seed: 
 
 
 def _progress(job: JobDir) -> tuple[int, bool]:
-    chunks = LatestCheckpoint(job.state).exists() and json.loads(LatestCheckpoint(job.state).read_text())["chunks"] or 0
-    return chunks, job.validation.exists()
+    return load_checkpoint(job.state).chunks, job.validation.exists()
 
 
 def test_graceful_stop_then_resume(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from spoold.checkpoint import Checkpoint, latest_gen, load_checkpoint, save_chec
 from spoold.claim import claim
 from spoold.config import Config
 from spoold.engine.echo import EchoEngine
-from spoold.jobcommit import commit
+from spoold.engine.loop import EngineLoop
+from spoold.jobcommit import close, commit
 from spoold.jobdir import JobDir
 from spoold.jobstart import start_job
 from spoold.shards import ShardDir, cut_spans, load_plan, shard_count, shard_dirs, shard_state
@@ -132,6 +133,12 @@ def _assert_once(done: Path, ids: list[str]) -> None:
     assert sorted(r["error"]["line"] for r in records if r["error"]) == [11, 302]
 
 
+def _run(ctx, shard, seen=...) -> dict[str, str]:
+    """Run one shard to its end on a fresh echo engine, taking it over from `seen` (default: its current lease)."""
+    lease = leases.acquire(shard, ctx.node, leases.current(shard) if seen is ... else seen)
+    return run_many(ctx, EchoEngine("tiny-random", delay=0), [(shard, lease)])
+
+
 def _start_first(spool: Spool, config: Config, hooks: Hooks) -> tuple[JobDir, object]:
     job = claim(spool, "big", "n1")
     assert job is not None
@@ -151,7 +158,7 @@ def test_a_sharded_job_runs_shard_by_shard_and_is_merged_once(tmp_path: Path) ->
     first.close_reader()
     outcomes: dict[str, str] = {}
     for shard in reversed(shard_dirs(job, plan)):  # any order: the last one to end merges
-        outcomes.update(run_many(ctx, EchoEngine("tiny-random", delay=0), [(shard, leases.acquire(shard, "n1", leases.current(shard)))]))
+        outcomes.update(_run(ctx, shard))
     assert outcomes["big#4"] == "completed" and outcomes["big#1"] == "completed"  # the last to end reports the job
     done = tmp_path / "done" / "big"
     _assert_once(done, ids)
@@ -174,7 +181,8 @@ def test_a_crash_during_the_merge_finishes_on_restart(tmp_path: Path, monkeypatc
     job, first = _start_first(spool, config, hooks)
     first.close_reader()
     shards = shard_dirs(job, load_plan(job))
-    run_many(ctx, EchoEngine("tiny-random", delay=0), [(s, leases.acquire(s, "n1", leases.current(s))) for s in shards[:2]])
+    for shard in shards[:2]:
+        _run(ctx, shard)
     real = segments._concatenate
     calls = []
 
@@ -186,7 +194,7 @@ def test_a_crash_during_the_merge_finishes_on_restart(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(segments, "_concatenate", crash_on_errors)
     with pytest.raises(Crash):
-        run_many(ctx, EchoEngine("tiny-random", delay=0), [(shards[2], leases.acquire(shards[2], "n1", leases.current(shards[2])))])
+        _run(ctx, shards[2])
     monkeypatch.setattr(segments, "_concatenate", real)
     assert (tmp_path / "processing" / "big" / "output.jsonl").exists() and calls == ["output.jsonl", "errors.jsonl"]
     # the restarted daemon (another run: the merger's lease is from a dead process) takes the job and merges again
@@ -207,13 +215,13 @@ def test_a_shard_that_fails_for_good_fails_the_job_and_stops_the_others(tmp_path
     rec = shards[1].load_or_new_record(job.load_record())
     rec.failures, rec.last_error = 3, "engine error: out of memory"
     shards[1].save_record(rec)
-    outcomes = run_many(ctx, EchoEngine("tiny-random", delay=0), [(shards[1], leases.acquire(shards[1], "n1", None))])
+    outcomes = _run(ctx, shards[1], None)
     assert outcomes["big#2"] == "retry"  # the shard failed; the job is not merged while shard 1 is live...
     assert shards[0].cancel_requested(), "the other shards are told to stop"
     leases.acquire(shards[0], "n9", leases.current(shards[0]))  # ...until its owner stops (here: another node, dead)
     stale = leases.current(shards[0])
     (shards[0].state / f"lease.{stale.gen}.json").write_text(json.dumps({**stale.model_dump(), "renewed_at": 0}))
-    outcomes = run_many(ctx, EchoEngine("tiny-random", delay=0), [(shards[2], leases.acquire(shards[2], "n1", None))])
+    outcomes = _run(ctx, shards[2], None)
     assert outcomes["big#3"] == "failed"
     failed = tmp_path / "failed" / "big"
     batch = json.loads((failed / "batch.json").read_text())
@@ -230,7 +238,7 @@ def test_a_shard_that_fails_for_good_fails_the_job_and_stops_the_others(tmp_path
     assert isinstance(first, ActiveJob) and load_plan(job).count == 3
     first.close_reader()
     for shard in shard_dirs(job, load_plan(job)):
-        run_many(ctx, EchoEngine("tiny-random", delay=0), [(shard, leases.acquire(shard, "n1", leases.current(shard)))])
+        _run(ctx, shard)
     _assert_once(tmp_path / "done" / "big", ids)
 
 
@@ -241,9 +249,9 @@ def test_cancel_reaches_every_shard(tmp_path: Path) -> None:
     job, first = _start_first(spool, config, hooks)
     first.close_reader()
     shards = shard_dirs(job, load_plan(job))
-    run_many(ctx, EchoEngine("tiny-random", delay=0), [(shards[0], leases.acquire(shards[0], "n1", leases.current(shards[0])))])
+    _run(ctx, shards[0])
     job.cancel_marker.touch()
-    outcomes = run_many(ctx, EchoEngine("tiny-random", delay=0), [(shards[1], leases.acquire(shards[1], "n1", None))])
+    outcomes = _run(ctx, shards[1], None)
     assert outcomes["big#2"] == "cancelled"
     batch = json.loads((tmp_path / "done" / "big" / "batch.json").read_text())
     assert batch["status"] == "cancelled" and batch["request_counts"]["completed"] + batch["request_counts"]["failed"] >= 150
@@ -252,23 +260,27 @@ def test_cancel_reaches_every_shard(tmp_path: Path) -> None:
 # ---- fencing -------------------------------------------------------------------------------------------
 
 
-def test_a_frozen_owner_that_wakes_inside_a_commit_adds_nothing_to_the_results(tmp_path: Path) -> None:
-    """Owner A passes its lease check, freezes, B takes over and finishes; A then appends and checkpoints."""
+def _owned_by_a(tmp_path: Path, ids: list[str]):
+    """A job of `ids` claimed and started by daemon "a"; B's context for the takeover."""
     spool = Spool(tmp_path)
     spool.init()
-    ids = [f"f{i}" for i in range(100)]
     drop_job(spool.inbox, "job", [chat_line(c, "hi") for c in ids], {"chunk_size": 10})
     config = Config(spool_dir=tmp_path, engine={"backend": "echo", "window": 4})
-    hooks = Hooks()
     job = claim(spool, "job", "a")
-    ctx_a = make_ctx(spool, hooks, config)
+    ctx_a = make_ctx(spool, Hooks(), config)
     ctx_a.node = "a"
     a = start_job(ctx_a, job, leases.current(job))
     assert isinstance(a, ActiveJob)
-    engine = EchoEngine("tiny-random", delay=0)
-    from spoold.engine.loop import EngineLoop
+    ctx_b = make_ctx(spool, Hooks(), config)
+    ctx_b.node = "b"
+    return job, a, ctx_b
 
-    loop = EngineLoop(engine)
+
+def test_a_frozen_owner_that_wakes_inside_a_commit_adds_nothing_to_the_results(tmp_path: Path) -> None:
+    """Owner A passes its lease check, freezes, B takes over and finishes; A then appends and checkpoints."""
+    ids = [f"f{i}" for i in range(100)]
+    job, a, ctx_b = _owned_by_a(tmp_path, ids)
+    loop = EngineLoop(EchoEngine("tiny-random", delay=0))
     while len(a._cuts) < 3:  # noqa: SLF001 - three chunks finished in memory
         loop.fill([a], 4)
         loop.step()
@@ -276,8 +288,6 @@ def test_a_frozen_owner_that_wakes_inside_a_commit_adds_nothing_to_the_results(t
     commit(a, cuts[0])  # one committed chunk
     frozen_cut = cuts[1]
     # B takes the job over (A's lease went stale while A was frozen) and runs it to the end
-    ctx_b = make_ctx(spool, hooks, config)
-    ctx_b.node = "b"
     outcomes = run_many(ctx_b, EchoEngine("tiny-random", delay=0), [(job, leases.acquire(job, "b", leases.current(job)))])
     assert outcomes["job"] == "completed"
     done = tmp_path / "done" / "job"
@@ -294,19 +304,8 @@ def test_a_frozen_owner_that_wakes_inside_a_commit_adds_nothing_to_the_results(t
 
 
 def test_a_frozen_owner_cannot_finish_a_job_another_daemon_took_over(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
-    spool.init()
     ids = [f"g{i}" for i in range(40)]
-    drop_job(spool.inbox, "job", [chat_line(c, "hi") for c in ids], {"chunk_size": 10})
-    config = Config(spool_dir=tmp_path, engine={"backend": "echo", "window": 4})
-    hooks = Hooks()
-    job = claim(spool, "job", "a")
-    ctx_a = make_ctx(spool, hooks, config)
-    ctx_a.node = "a"
-    a = start_job(ctx_a, job, leases.current(job))
-    from spoold.engine.loop import EngineLoop
-    from spoold.jobcommit import close
-
+    job, a, ctx_b = _owned_by_a(tmp_path, ids)
     loop = EngineLoop(EchoEngine("tiny-random", delay=0))
     while not a.drained:
         loop.fill([a], 4)
@@ -316,8 +315,6 @@ def test_a_frozen_owner_cannot_finish_a_job_another_daemon_took_over(tmp_path: P
     b_lease = leases.acquire(job, "b", leases.current(job))  # B takes over while A is frozen before its end
     assert close(a, a.cut(), "completed") is None, "A must not finish the job"
     assert (tmp_path / "processing" / "job").is_dir() and not (tmp_path / "done" / "job").exists()
-    ctx_b = make_ctx(spool, hooks, config)
-    ctx_b.node = "b"
     assert run_many(ctx_b, EchoEngine("tiny-random", delay=0), [(job, b_lease)])["job"] == "completed"
     assert_exactly_once(tmp_path / "done" / "job", ids)
 
