@@ -94,7 +94,7 @@ def publish_in_batch(job_dir: Path, runs: JobRuns) -> None:
     if spoold.get("handlers") == view:
         return
     spoold["handlers"] = view
-    atomic_write_json(path, batch)
+    atomic_write_json(path, batch, indent=2)
 
 
 def batch_for_handlers(batch: Mapping[str, Any]) -> dict[str, Any]:

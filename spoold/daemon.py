@@ -281,6 +281,8 @@ class Daemon:
     def _admit(self, now: float) -> None:
         if self.intake.overdue(now) and (self.active or self.waiting or self.starting):
             return  # decide every upload whose time has come first, so jobs are taken in priority order across all
+        if len(self.closing) >= self.config.engine.max_active_jobs:
+            return  # ending jobs is the bottleneck (tiny jobs): more starts would only queue behind their ends
         slots = self.config.engine.max_active_jobs - len(self.active) - len(self.waiting) - len(self.starting)
         while slots > 0 and self._wants_more():
             choice = self._next_choice(now)
@@ -330,7 +332,7 @@ class Daemon:
     def _validate_next_ahead(self, now: float) -> None:
         """While jobs run, validate the inbox job likely to run next (large inputs, in another process)."""
         nxt = self.intake.ready.pick(self._current_model(), now, self.config.engine.model_switch_after)
-        if nxt is not None and nxt.model is not None:
+        if nxt is not None and nxt.model is not None and (nxt.size is None or nxt.size >= self.prevalidator.min_bytes):
             profile = self.profiles.get(nxt.model)
             self.prevalidator.offer(self.spool.inbox / f"{nxt.name}.jsonl", nxt.model, profile.serves if profile else None)
 

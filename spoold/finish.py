@@ -73,7 +73,7 @@ def finish_job(
     )  # fmt: skip
     for path in (job.output, job.errors):
         path.touch(exist_ok=True)  # a finished job always has both files
-    atomic_write_json(job.batch, batch)
+    atomic_write_json(job.batch, batch, indent=2)
     for hook in hooks.before_move:
         hook(job, batch, handlers)
     target = JobState.FAILED if end.status == "failed" else JobState.DONE

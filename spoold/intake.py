@@ -103,7 +103,7 @@ class Intake:
         assert entry.jsonl is not None
         if verdict is Verdict.NO_SIDECAR:
             model = None  # fails fast, no engine
-        self.ready.push(Candidate(name, priority, entry.jsonl.mtime_ns / 1e9, model))
+        self.ready.push(Candidate(name, priority, entry.jsonl.mtime_ns / 1e9, model, entry.jsonl.size))
         self.verdicts[name] = verdict
 
     def _stat(self, name: str) -> InboxEntry | None:

@@ -99,7 +99,7 @@ def _commit(active: ActiveJob, cut: Cut, live: bool = True, final: bool = False)
             active.record, "in_progress", node=active.ctx.node, model=active.model, metadata=active.sidecar.metadata,
             checkpoint=checkpoint, validation=active.validation, chunk_size=active.chunk_size, rate=active.rate,
         )  # fmt: skip
-    atomic_write_json(active.job.batch, batch, durable=False)  # live progress: the checkpoint is the record
+    atomic_write_json(active.job.batch, batch, durable=False, indent=2)  # live progress: the checkpoint is the record
 
 
 def close(active: ActiveJob, cut: Cut, how: str, reason: str | None = None) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import cached_property
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -66,15 +67,16 @@ class JobDir:
     def name(self) -> str:
         return self.path.name
 
-    input = property(lambda self: self.path / "input.jsonl")
-    meta = property(lambda self: self.path / "meta.yaml")
-    output = property(lambda self: self.path / "output.jsonl")
-    errors = property(lambda self: self.path / "errors.jsonl")
-    batch = property(lambda self: self.path / "batch.json")
-    state = property(lambda self: self.path / STATE_DIR)
-    record_path = property(lambda self: self.state / "job.json")
-    validation = property(lambda self: self.state / "validation.json")
-    cancel_marker = property(lambda self: self.state / "cancel")
+    # a JobDir's path never changes (a move makes a new JobDir): its file paths are built once
+    input = cached_property(lambda self: self.path / "input.jsonl")
+    meta = cached_property(lambda self: self.path / "meta.yaml")
+    output = cached_property(lambda self: self.path / "output.jsonl")
+    errors = cached_property(lambda self: self.path / "errors.jsonl")
+    batch = cached_property(lambda self: self.path / "batch.json")
+    state = cached_property(lambda self: self.path / STATE_DIR)
+    record_path = cached_property(lambda self: self.state / "job.json")
+    validation = cached_property(lambda self: self.state / "validation.json")
+    cancel_marker = cached_property(lambda self: self.state / "cancel")
 
     def load_record(self) -> JobRecord:
         return JobRecord.model_validate(read_json(self.record_path))

@@ -18,6 +18,8 @@ class Candidate:
     queued_at: float
     model: str | None
     """None when the sidecar is unreadable: such jobs fail fast without an engine."""
+    size: int | None = None
+    """The input's size when last seen, if known (an inbox job's)."""
 
 
 def _fifo(candidate: Candidate) -> tuple[float, str]:

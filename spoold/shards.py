@@ -15,6 +15,7 @@ lines and duplicate custom_ids across shards mean what they mean unsharded.
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -140,10 +141,10 @@ class ShardDir(JobDir):
     def name(self) -> str:
         return f"{self.path.name}#{self.span.index + 1}"
 
-    state = property(lambda self: self.path / STATE_DIR / SHARDS_DIR / str(self.span.index))
-    validation = property(lambda self: self.path / STATE_DIR / "validation.json")
-    cancel_marker = property(lambda self: self.path / STATE_DIR / "cancel")
-    failed_marker = property(lambda self: self.path / STATE_DIR / FAILED_MARKER)
+    state = cached_property(lambda self: self.path / STATE_DIR / SHARDS_DIR / str(self.span.index))
+    validation = cached_property(lambda self: self.path / STATE_DIR / "validation.json")
+    cancel_marker = cached_property(lambda self: self.path / STATE_DIR / "cancel")
+    failed_marker = cached_property(lambda self: self.path / STATE_DIR / FAILED_MARKER)
 
     def cancel_requested(self) -> bool:
         """The job is cancelled, or another shard failed it: this shard stops."""
