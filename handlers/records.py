@@ -74,10 +74,11 @@ def load_runs(job_dir: Path) -> JobRuns | None:
     return JobRuns.model_validate(data)
 
 
-def save_runs(job_dir: Path, runs: JobRuns) -> None:
-    """Commit the records (the caller then refreshes the copy in batch.json with `publish_in_batch`)."""
+def save_runs(job_dir: Path, runs: JobRuns, sync_dir: bool = True) -> None:
+    """Commit the records (the caller then refreshes the copy in batch.json with `publish_in_batch`).
+    sync_dir=False: the caller fsyncs `.spoold/` itself (finish_job does, before the move)."""
     runs_path(job_dir).parent.mkdir(exist_ok=True)
-    atomic_write_json(runs_path(job_dir), runs.model_dump(mode="json"))
+    atomic_write_json(runs_path(job_dir), runs.model_dump(mode="json"), sync_dir=sync_dir)
 
 
 def publish_in_batch(job_dir: Path, runs: JobRuns) -> None:
@@ -120,6 +121,7 @@ def plan_runs(
     *,
     node: str | None = None,
     now: float | None = None,
+    sync_dir: bool = True,
 ) -> JobRuns:
     """Record the job's pending handler runs in `job_dir/.spoold/handlers.json`, once per finish.
 
@@ -145,6 +147,6 @@ def plan_runs(
         planned_at=planned_at,
         runs={name: RunRecord(next_attempt_at=planned_at) for name in select_handlers(status, selected, configs)},
     )
-    save_runs(job_dir, runs)
+    save_runs(job_dir, runs, sync_dir)
     pending.mark(job_dir, runs)
     return runs

@@ -16,7 +16,7 @@ from typing import Any
 
 from spoold.batch import build_batch
 from spoold.checkpoint import Checkpoint
-from spoold.fsutil import atomic_write_json
+from spoold.fsutil import atomic_write_json, fsync_dir
 from spoold.jobdir import JobDir, JobRecord
 from spoold.segments import discard
 from spoold.states import JobState, move_job
@@ -63,7 +63,7 @@ def finish_job(
     record.finished_at = time.time()
     record.open_attempt = False
     record.failure_reason = end.reason if end.status == "failed" else None
-    job.save_record(record)
+    job.save_record(record, sync_dir=False)  # the folders are fsynced once, before the move
     errors = None
     if end.status == "failed":
         errors = [{"code": "job_failed", "message": end.reason or "the job failed", "line": None}, *end.line_errors]
@@ -73,9 +73,13 @@ def finish_job(
     )  # fmt: skip
     for path in (job.output, job.errors):
         path.touch(exist_ok=True)  # a finished job always has both files
-    atomic_write_json(job.batch, batch, indent=2)
+    atomic_write_json(job.batch, batch, indent=2, sync_dir=False)
     for hook in hooks.before_move:
         hook(job, batch, handlers)
+    # one fsync per folder makes every name above durable (merged results, job.json, batch.json,
+    # handlers.json) before the move publishes the job: 2 fsyncs where each write would take one
+    fsync_dir(job.state)
+    fsync_dir(job.path)
     target = JobState.FAILED if end.status == "failed" else JobState.DONE
     final = JobDir(move_job(spool_root, job.path, JobState.PROCESSING, target))
     try:

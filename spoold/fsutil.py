@@ -30,11 +30,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True, sync_dir: bool = True) -> None:
     """Replace `path` with `data` so readers see the old or the new file, never a mix.
 
     durable=False skips both fsyncs, for files whose loss in a power cut is harmless
     (a lease's timestamp, live progress, a claimer note): readers still never see a mix.
+    sync_dir=False keeps the file's fsync but not its folder's: after a power cut the path
+    holds the old file or the whole new one. For a caller that fsyncs the folder itself
+    later (finish_job, before the move), or whose update may be lost in a power cut.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -53,7 +56,7 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    if durable:
+    if durable and sync_dir:
         fsync_dir(path.parent)
 
 
@@ -61,10 +64,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: Path, obj: Any, durable: bool = True, indent: int | None = None) -> None:
+def atomic_write_json(path: Path, obj: Any, durable: bool = True, indent: int | None = None, sync_dir: bool = True) -> None:
     """Compact by default (spoold's own state: json's C encoder, several times faster than an indented dump);
     indent=2 for files people read (batch.json)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode("utf-8"), durable)
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode("utf-8"), durable, sync_dir)
 
 
 def read_json(path: Path) -> Any:

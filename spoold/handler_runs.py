@@ -146,7 +146,8 @@ class HandlerDispatcher:
         """
         try:
             with self._records_lock:
-                return plan_runs(job_dir, batch, selected, self._configs.values(), node=self.node)
+                # before_move of finish_job, which fsyncs .spoold/ before the move
+                return plan_runs(job_dir, batch, selected, self._configs.values(), node=self.node, sync_dir=False)
         except (OSError, ValueError) as exc:
             log.error("job %s: cannot record its handler runs yet: %s", Path(job_dir).name, exc)
             return None

@@ -44,7 +44,9 @@ def open_attempt(active: ActiveJob) -> None:
         return
     try:
         active.record.open_attempt = True
-        active.job.save_record(active.record)
+        # the mark guards against this job crashing the daemon: a crashed process loses nothing it wrote,
+        # so the folder needs no fsync; after a power cut (no fault of the job) the old record is read
+        active.job.save_record(active.record, sync_dir=False)
     except Exception as exc:  # noqa: BLE001 - reported by close()
         active.trouble = exc
 

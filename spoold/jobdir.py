@@ -81,8 +81,8 @@ class JobDir:
     def load_record(self) -> JobRecord:
         return JobRecord.model_validate(read_json(self.record_path))
 
-    def save_record(self, record: JobRecord) -> None:
-        atomic_write_json(self.record_path, record.model_dump())
+    def save_record(self, record: JobRecord, sync_dir: bool = True) -> None:
+        atomic_write_json(self.record_path, record.model_dump(), sync_dir=sync_dir)
 
     def cancel_requested(self) -> bool:
         return self.cancel_marker.exists()

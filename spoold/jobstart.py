@@ -228,7 +228,7 @@ def end_job(
     if own_gen is not None and not _hold_for_finish(ctx, job, own_gen):
         return None
     try:
-        merge(job.path, [(job.state, checkpoint)], own=(job.state, own_gen) if own_gen is not None else None)
+        merge(job.path, [(job.state, checkpoint)], own=(job.state, own_gen) if own_gen is not None else None, sync=False)  # finish_job syncs
     except ValueError as exc:  # a results file cut shorter than the checkpoint says (by hand?)
         log.error("%s; finishing the job with the files as they are", exc, extra={"job": job.name})
     finish_job(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
+import os
 from typing import Any
 
 from pydantic import BaseModel
@@ -41,7 +41,9 @@ class BatchRecord(BaseModel):
             text = self.model_dump_json()
         except (PydanticSerializationError, ValueError):  # a lone surrogate, nesting past pydantic's limit
             text = json.dumps(_safe(self._plain(), 0), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        return (text.translate(_LINE_BREAKERS) + "\n").encode("utf-8")
+        if "\u2028" in text or "\u2029" in text or "\x85" in text:  # rare: a scan is ~50x cheaper than translate()
+            text = text.translate(_LINE_BREAKERS)
+        return (text + "\n").encode("utf-8")
 
     def _plain(self) -> dict[str, Any]:
         """The record as plain values, without pydantic (which refused to write it)."""
@@ -69,18 +71,15 @@ def _safe(value: Any, depth: int) -> Any:
 
 
 def _ids() -> tuple[str, str]:
-    token = uuid.uuid4().hex
+    token = os.urandom(16).hex()  # what uuid4().hex carries (random bits), without building a UUID
     return f"batch_req_{token}", f"req_{token}"
 
 
 def success_record(custom_id: str, body: dict[str, Any]) -> BatchRecord:
     record_id, request_id = _ids()
-    return BatchRecord(
-        id=record_id,
-        custom_id=custom_id,
-        response=RecordResponse(status_code=200, request_id=request_id, body=body),
-        error=None,
-    )
+    # built without validation: every field comes from spoold itself
+    response = RecordResponse.model_construct(status_code=200, request_id=request_id, body=body)
+    return BatchRecord.model_construct(id=record_id, custom_id=custom_id, response=response, error=None)
 
 
 def error_record(custom_id: str | None, line: int, code: str, message: str) -> BatchRecord:

@@ -31,7 +31,7 @@ def segment_path(job_path: Path, state: Path, gen: int, kind: str) -> Path:
     return state / f"seg.{gen}.{kind}.jsonl"
 
 
-def merge(job_path: Path, parts: list[tuple[Path, Checkpoint]], own: tuple[Path, int] | None = None) -> None:
+def merge(job_path: Path, parts: list[tuple[Path, Checkpoint]], own: tuple[Path, int] | None = None, sync: bool = True) -> None:
     """Write `job_path/output.jsonl` and `errors.jsonl` from the segments each (state, checkpoint) names.
 
     `own` is (state, gen) of the segment the caller itself wrote and holds the lease of: when it
@@ -62,7 +62,8 @@ def merge(job_path: Path, parts: list[tuple[Path, Checkpoint]], own: tuple[Path,
             truncate_to(final, pieces[0][1])  # already in place: only a tail past the good length to cut
             continue
         _concatenate(final, [(path, length) for path, length, _ in pieces])
-    fsync_dir(job_path)
+    if sync:  # sync=False: the caller fsyncs the folder itself before anything depends on the names (finish_job)
+        fsync_dir(job_path)
 
 
 def discard(job_path: Path) -> None:

@@ -95,7 +95,7 @@ def try_merge(ctx, job: JobDir, finish) -> str | None:
     else:
         end = JobEnd("completed")
     log.info("merging %d shards (%d records)", plan.count, total.records, extra={"job": job.name})
-    merge(job.path, parts)
+    merge(job.path, parts, sync=False)  # finish_job fsyncs the folder before the move
     record = job.load_record()
     _add_run_facts(record, [ShardDir(job.path, span, plan.count) for span in plan.spans])
     return finish(job, record, end, total, states)

@@ -6,6 +6,7 @@ import heapq
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from spoold.errors import SidecarError
 from spoold.fsutil import mtime_or_now, read_json
 from spoold.jobdir import JobDir
 from spoold.census import SETTLE_NS, count_folder, count_spool, job_mtimes
-from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX, is_ignored
+from spoold.names import SIDECAR_SUFFIX, is_ignored
+from spoold.readiness import FileStat, InboxEntry
 from spoold.shardstatus import shard_rows
 from spoold.sidecar import parse_sidecar
 from spoold.spool import Spool
@@ -23,13 +25,30 @@ from spoold.states import JobState
 
 RECENT_SHOWN = 20
 """Finished jobs shown per folder (done/, failed/) by default: the most recently changed."""
+INBOX_SHOWN = 50
+"""Waiting jobs shown by default: the oldest (their sidecars are read; the rest are only counted)."""
 
 
 class RecentCache:
-    """For --watch: a finished folder whose (inode, mtime) did not change keeps its recent names."""
+    """For --watch: a finished folder whose (inode, mtime) did not change keeps its recent names,
+    and a waiting job whose sidecar's (size, mtime) did not change keeps its model: a refresh
+    reads only what changed."""
 
     def __init__(self) -> None:
         self._known: dict[Path, tuple[tuple[int, int], list[str]]] = {}
+        self._sidecars: dict[str, tuple[FileStat, tuple[str | None, str]]] = {}
+
+    def sidecar(self, name: str, stat: FileStat, read: Callable[[], tuple[str | None, str]]) -> tuple[str | None, str]:
+        known = self._sidecars.get(name)
+        if known is not None and known[0] == stat:
+            return known[1]
+        value = read()
+        self._sidecars[name] = (stat, value)
+        return value
+
+    def forget_sidecars_but(self, names: set[str]) -> None:
+        for name in [n for n in self._sidecars if n not in names]:
+            del self._sidecars[name]
 
     def recent(self, folder: Path, count: int) -> list[str]:
         try:
@@ -59,7 +78,12 @@ def collect(
     now = time.time() if now is None else now
     if name is not None:
         return _named(spool, name, default_model, now)
-    rows = [_inbox_row(spool, e.name, e.yaml is not None, default_model, now) for e in spool.scan_inbox() if e.jsonl]
+    waiting = [e for e in spool.scan_inbox() if e.jsonl]
+    if not show_all and len(waiting) > INBOX_SHOWN:  # the oldest, by the listing's stats alone
+        waiting = heapq.nsmallest(INBOX_SHOWN, waiting, key=lambda e: (e.jsonl.mtime_ns, e.name))
+    if cache is not None:
+        cache.forget_sidecars_but({e.name for e in waiting})
+    rows = [_inbox_row(spool, e, default_model, now, cache) for e in waiting]
     rows.extend(row for job in spool.jobs(JobState.PROCESSING) if (row := _job_row(job, JobState.PROCESSING, now)) is not None)
     for state in (JobState.DONE, JobState.FAILED):
         folder = spool.dir(state)
@@ -82,8 +106,8 @@ def _named(spool: Spool, name: str, default_model: str, now: float) -> list[dict
         return []
     state, path = found
     if state is JobState.INBOX:
-        entry = next((e for e in spool.scan_inbox() if e.name == name), None)
-        return [_inbox_row(spool, name, entry is not None and entry.yaml is not None, default_model, now)]
+        entry = next((e for e in spool.scan_inbox() if e.name == name and e.jsonl), None)
+        return [_inbox_row(spool, entry, default_model, now)] if entry is not None else []
     row = _job_row(JobDir(path), state, now)
     return [row] if row is not None else []
 
@@ -108,8 +132,11 @@ def render(rows: list[dict[str, Any]], spool: Spool, counts: dict[str, int] | No
             counts[row["state"]] += 1
     head = f"spool {spool.root}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
     hidden = counts.get("done", 0) + counts.get("failed", 0) - sum(r["state"] in ("done", "failed") for r in rows)
-    if not shown_all and hidden > 0:
-        head += f" (showing the {RECENT_SHOWN} most recent of each finished state; --all for every job)"
+    hidden_waiting = counts.get("inbox", 0) - sum(r["state"] == "inbox" for r in rows)
+    shown = [f"the {INBOX_SHOWN} oldest waiting"] if not shown_all and hidden_waiting > 0 else []
+    shown += [f"the {RECENT_SHOWN} most recent of each finished state"] if not shown_all and hidden > 0 else []
+    if shown:
+        head += f" (showing {' and '.join(shown)}; --all for every job)"
     if not rows:
         return head + "\nno jobs"
     columns = ["name", "state", "status", "model", "progress", "rate", "age", "node"]
@@ -145,15 +172,21 @@ def to_json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, indent=2)
 
 
-def _inbox_row(spool: Spool, name: str, has_sidecar: bool, default_model: str, now: float) -> dict[str, Any]:
-    model: str | None = default_model
-    status = "queued" if has_sidecar else "waiting for sidecar"
-    if has_sidecar:
+def _inbox_row(spool: Spool, entry: InboxEntry, default_model: str, now: float, cache: RecentCache | None = None) -> dict[str, Any]:
+    assert entry.jsonl is not None
+    name = entry.name
+
+    def read() -> tuple[str | None, str]:
         try:
-            model = parse_sidecar((spool.inbox / f"{name}{SIDECAR_SUFFIX}").read_bytes()).model or default_model
+            return parse_sidecar((spool.inbox / f"{name}{SIDECAR_SUFFIX}").read_bytes()).model or default_model, "queued"
         except (SidecarError, OSError):
-            model, status = None, "queued (invalid sidecar)"
-    age = now - mtime_or_now(spool.inbox / f"{name}{INPUT_SUFFIX}")
+            return None, "queued (invalid sidecar)"
+
+    if entry.yaml is None:
+        model, status = default_model, "waiting for sidecar"
+    else:
+        model, status = cache.sidecar(name, entry.yaml, read) if cache is not None else read()
+    age = now - entry.jsonl.mtime_ns / 1e9
     return _row(name, "inbox", status, model, 0, None, None, age, None)
 
 

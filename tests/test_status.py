@@ -192,3 +192,36 @@ def test_a_job_that_leaves_while_status_looks_is_not_shown_half(tmp_path: Path) 
     (tmp_path / "done" / "no-batch-yet").mkdir()
     row = status_module._job_row(JobDir(tmp_path / "done" / "no-batch-yet"), JobState.DONE, time.time())
     assert row is not None and row["name"] == "no-batch-yet"
+
+
+def test_a_deep_inbox_shows_its_oldest_and_a_watch_reads_only_changed_sidecars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: with thousands waiting, a status (or each --watch refresh) does not read every sidecar."""
+    spool = Spool(tmp_path)
+    spool.init()
+    waiting = status_module.INBOX_SHOWN * 4
+    base = time.time() - 10_000
+    for i in range(waiting):
+        for suffix, text in ((".jsonl", '{"prompt": "x"}\n'), (".yaml", f"model: m{i % 3}\n")):
+            path = tmp_path / "inbox" / f"w{i:04d}{suffix}"
+            path.write_text(text)
+            os.utime(path, (base + i, base + i))  # w0000 waited longest
+    reads: list[str] = []
+    real = status_module.parse_sidecar
+    monkeypatch.setattr(status_module, "parse_sidecar", lambda data: reads.append(data) or real(data))
+
+    cache = status_module.RecentCache()
+    rows = collect(spool, "tiny-random", cache=cache)
+    assert [r["name"] for r in rows] == [f"w{i:04d}" for i in range(status_module.INBOX_SHOWN)]
+    assert [r["model"] for r in rows[:3]] == ["m0", "m1", "m2"]
+    assert len(reads) == status_module.INBOX_SHOWN
+    head = render(rows, spool, count_jobs(spool), shown_all=False).splitlines()[0]
+    assert f"{waiting} inbox" in head and f"the {status_module.INBOX_SHOWN} oldest waiting" in head and "--all" in head
+
+    reads.clear()
+    (tmp_path / "inbox" / "w0001.yaml").write_text("model: changed\npriority: 3\n")
+    rows = collect(spool, "tiny-random", cache=cache)  # the next --watch refresh
+    assert len(reads) == 1 and rows[1]["model"] == "changed"
+
+    every = collect(spool, "tiny-random", show_all=True)
+    assert len(every) == waiting
+    assert "oldest waiting" not in render(every, spool, count_jobs(spool), shown_all=True)
