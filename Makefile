@@ -1,6 +1,6 @@
 # make test  - create .venv, install spoold with the CPU vLLM build and test extras, run every test
 # make demo  - set up, build the tiny model, run the daemon on ./spool and process examples/ with real vLLM
-# make bench - run the benchmarks and write benchmarks/results.md and benchmarks/core_loop.md
+# make bench - run the benchmarks and write benchmarks/results.md (its Shards section by benchmarks/shards.py) and benchmarks/core_loop.md
 # make fuzz  - the fuzz tests at 100x CI's size with a fresh seed (FUZZ_SEED=N reproduces a failure)
 PYTHON ?= python3
 VENV ?= .venv
@@ -33,6 +33,7 @@ demo: install
 bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/core_loop.py
+	$(PY) benchmarks/shards.py
 
 fuzz: install
 	@echo "fuzzing with SPOOLD_FUZZ_SEED=$(FUZZ_SEED) SPOOLD_FUZZ_SCALE=$(FUZZ_SCALE)"

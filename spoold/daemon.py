@@ -42,7 +42,7 @@ from spoold.jobstart import end_job, give_up_run, start_job
 from spoold.keeper import LeaseKeeper
 from spoold.lanes import Lanes, Turnstile
 from spoold.mounts import split_spool_problem
-from spoold.names import SIDECAR_SUFFIX
+from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX
 from spoold.prevalidate import Prevalidator
 from spoold.profiles import load_profiles
 from spoold.readiness import ReadinessRule, Verdict
@@ -426,6 +426,8 @@ class Daemon:
         loaded = self.engines.loaded_model
         if not self.active and not any(j.model == loaded for j in self.waiting):
             first = max(self.waiting, key=lambda j: j.priority)
+            if self.config.engine.backend == "vllm":  # beside a model load, the ahead-of-time pass's worker starts unnoticed
+                self.prevalidator.warm()
             try:
                 engine = self.engines.get(first.profile)
             except ModelLoadError as exc:
@@ -664,7 +666,17 @@ class Daemon:
 
     def _new_intake(self) -> Intake:
         w = self.config.watch
-        return Intake(self.spool, ReadinessRule(w.settle_seconds, w.orphan_seconds, w.require_sidecar), self._peek)
+        return Intake(self.spool, ReadinessRule(w.settle_seconds, w.orphan_seconds, w.require_sidecar), self._peek, self._arrived)
+
+    def _arrived(self, name: str, size: int) -> None:
+        """A large upload's sidecar is there: start its validating pass now, during the settle time, so
+        that a claim finds it done (the pass counts only if the file is still the same at the claim)."""
+        if size < self.prevalidator.min_bytes:
+            return
+        _, model = self._peek(name)
+        if model is not None:
+            profile = self.profiles.get(model)
+            self.prevalidator.offer(self.spool.inbox / f"{name}{INPUT_SUFFIX}", model, profile.serves if profile else None)
 
     def _new_context(self) -> JobContext:
         return JobContext(

@@ -25,13 +25,16 @@ from spoold.spool import Spool
 
 Peek = Callable[[str], tuple[int, str | None]]
 """name -> (priority, model) from its sidecar in the inbox (defaults without one); model None when it is invalid."""
+Arrived = Callable[[str, int], None]
+"""(name, input size): an upload's sidecar, its commit marker, is there (it may still change until settled)."""
 
 
 class Intake:
-    def __init__(self, spool: Spool, rule: ReadinessRule, peek: Peek) -> None:
+    def __init__(self, spool: Spool, rule: ReadinessRule, peek: Peek, arrived: Arrived | None = None) -> None:
         self.spool = spool
         self._uploads = ReadinessTracker(rule.settle, rule.orphan, rule.require_sidecar)
         self._peek = peek
+        self._arrived = arrived
         self._due: list[tuple[float, str]] = []
         self._inbox = str(spool.inbox) + os.sep  # stats by plain string: no Path objects per look
         self.ready = ReadyQueue()
@@ -97,6 +100,8 @@ class Intake:
             needed = self._uploads.needed(entry)
             if needed is not None:
                 heapq.heappush(self._due, (now + needed, name))
+            if self._arrived is not None and entry.jsonl is not None and entry.yaml is not None:
+                self._arrived(name, entry.jsonl.size)
         if name in self.ready or verdict is None:
             return
         priority, model = self._peek(name)

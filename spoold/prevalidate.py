@@ -43,6 +43,7 @@ class Prevalidator:
         self.max_line_bytes = max_line_bytes  # the daemon updates it on reload
         self._executor: ProcessPoolExecutor | None = None
         self._futures: dict[Key, Future[ValidationSummary]] = {}
+        self._worker_up: Future[int] | None = None
         self._lock = threading.Lock()  # offered from the main thread, taken on job-start threads
 
     def offer(self, path: Path, model: str, serves: Collection[str] | None = None) -> None:
@@ -59,10 +60,9 @@ class Prevalidator:
         if len(self._futures) >= MAX_KEPT:
             oldest = next(iter(self._futures))
             del self._futures[oldest]
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        executor = self._start_worker()
         log.debug("validating %s ahead of time", path.name)
-        self._futures[key] = self._executor.submit(validate_file, path, model, None, self.max_line_bytes, serves)
+        self._futures[key] = executor.submit(validate_file, path, model, None, self.max_line_bytes, serves)
 
     def finished(self, path: Path, model: str) -> bool:
         """Whether a pass for exactly this file has finished (and not been taken yet)."""
@@ -81,6 +81,8 @@ class Prevalidator:
             future = self._futures.pop(key, None) if key is not None else None
         if future is None:
             return None
+        if not future.done() and not (self._worker_up is not None and self._worker_up.done()):
+            return None  # the worker process is still starting: validating inline is sooner
         while not future.done():
             if not wait():
                 future.cancel()
@@ -95,6 +97,17 @@ class Prevalidator:
             log.info("ahead-of-time validation of %s failed (%s); validating now", path.name, exc)
             return None
 
+    def warm(self) -> None:
+        """Start the worker process now (a spawn costs about half a second), e.g. beside a model load."""
+        with self._lock:
+            self._start_worker()
+
+    def _start_worker(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._worker_up = self._executor.submit(os.getpid)  # done once the worker process runs
+        return self._executor
+
     def close(self) -> None:
         with self._lock:
             self._close()
@@ -103,4 +116,5 @@ class Prevalidator:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+            self._worker_up = None
         self._futures.clear()

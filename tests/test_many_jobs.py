@@ -314,10 +314,19 @@ def test_twenty_kills_of_a_healthy_job_never_fail_it(tmp_path: Path) -> None:
     with SpooldProcess(tmp_path, engine={"window": 8, "max_attempts": 3}) as d:
         ids = [f"k{i}" for i in range(1500)]
         drop_job(d.inbox, "storm", [chat_line(c, "hi") for c in ids], {"chunk_size": 25})
+        ckpt = LatestCheckpoint(d.job_dir("processing", "storm") / ".spoold")
+
+        def chunks() -> int:
+            try:
+                return json.loads(ckpt.read_text())["chunks"]
+            except (OSError, ValueError):  # not there yet, or the job has moved on
+                return 0
+
         for _ in range(20):
+            before = chunks()
             d.start({"SPOOLD_ECHO_DELAY": "0.005"})
-            ckpt = LatestCheckpoint(d.job_dir("processing", "storm") / ".spoold")
-            wait_for(lambda: ckpt.exists() or d.job_dir("done", "storm").exists(), 30, what="a checkpoint")
+            # every kill comes after this run committed something: such a crash must never count
+            wait_for(lambda: chunks() > before or d.job_dir("done", "storm").exists(), 30, what="a checkpoint of this run")
             time.sleep(rng.uniform(0.0, 0.4))
             d.kill()
             if d.job_dir("done", "storm").exists():

@@ -63,3 +63,32 @@ def test_next_job_is_validated_while_the_current_one_runs(tmp_path: Path) -> Non
         assert outputs == sorted(f"p{i}" for i in range(6000))
         assert errors == [(6001, "invalid_json"), (6002, "duplicate_custom_id")]
         assert d.batch(second)["request_counts"] == {"total": 6002, "completed": 6000, "failed": 2}
+
+
+def test_a_large_upload_is_validated_during_its_settle_time(tmp_path: Path) -> None:
+    """Issue 8: the pass starts when the sidecar (the commit marker) lands, not at the claim,
+    so even the only job in the spool finds its pass done when it is claimed."""
+    with SpooldProcess(tmp_path, watch={"settle_seconds": 3.0}) as d:
+        d.start()
+        _big(d.inbox / ".only.tmp")
+        os.rename(d.inbox / ".only.tmp", d.inbox / "only.jsonl")
+        (d.inbox / "only.yaml").write_text("chunk_size: 1000\n")
+        only = d.wait_finished("only", timeout=120)
+        assert "job only: validated: 6002 requests, 2 invalid (validated ahead of time)" in d.log()
+        assert d.batch(only)["request_counts"] == {"total": 6002, "completed": 6000, "failed": 2}
+
+
+def test_a_pass_whose_worker_is_still_starting_is_not_waited_for(tmp_path: Path) -> None:
+    big = tmp_path / "big.jsonl"
+    _big(big)
+    pre = Prevalidator()
+    try:
+        pre.offer(big, "tiny-random")  # spawns the worker process: about half a second
+        assert pre.take(big, "tiny-random", lambda: pytest.fail("waited for a worker still starting")) is None
+        pre.warm()
+        wait_for(lambda: pre.finished(big, "tiny-random") or pre._worker_up.done(), 60, what="the worker")
+        pre.offer(big, "tiny-random")
+        summary = pre.take(big, "tiny-random", lambda: True)  # worker up: a pass under way is waited for
+        assert summary is not None and summary.lines == 6002
+    finally:
+        pre.close()

@@ -304,3 +304,21 @@ def test_engine_wiring_with_a_reasoning_parser(tokenizer: Any) -> None:
     # reasoning_effort "none" is enable_thinking: false: vLLM's qwen3 parser then reads no thinking at all
     off = ChatCompletion.model_validate(results["c2"].body).choices[0].message
     assert off.content == "<think>Hmm, 2+2.</think>Four." and off.model_extra["reasoning_content"] is None
+
+
+@pytest.mark.vllm
+def test_chat_render_ids_match_transformers_encode(tokenizer: Any) -> None:
+    """chat.render encodes with the fast tokenizer's Rust encoder: the very ids transformers' encode gives."""
+    from spoold.engine import chat
+    from spoold.tinymodel import CHAT_TEMPLATE
+
+    bodies = [
+        {"messages": [{"role": "user", "content": "Hi there, café ☕ 123"}]},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "two\nlines"}]}]},
+        {"messages": [{"role": "user", "content": "  leading spaces and <|tags|>"}], "add_generation_prompt": False},
+    ]
+    for body in bodies:
+        ids = chat.render(tokenizer, body, chat_template=CHAT_TEMPLATE)
+        text = tokenizer.apply_chat_template([chat.text_message(m) for m in body["messages"]], tokenize=False,
+                                             add_generation_prompt=body.get("add_generation_prompt", True), chat_template=CHAT_TEMPLATE)  # fmt: skip
+        assert ids == list(tokenizer.encode(text, add_special_tokens=False)) and ids

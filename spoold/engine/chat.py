@@ -41,6 +41,9 @@ def render(
     except (ValueError, TypeError, KeyError, IndexError, _template_error()) as exc:
         raise ChatRejected(f"chat template: {_one_line(exc)}") from None
     # The template already wrote BOS and friends: do not add them twice.
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # a fast tokenizer's Rust encoder, the same ids without transformers' per-call work
+        return backend.encode(text, add_special_tokens=False).ids
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
