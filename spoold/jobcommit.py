@@ -27,12 +27,15 @@ log = logging.getLogger(__name__)
 
 
 def renew(active: ActiveJob, force: bool = False) -> None:
-    """Renew the job's lease if due (or forced); raises LeaseLost."""
+    """Renew the job's lease if due; raises LeaseLost. `force`: check for a newer generation now
+    even when no renewal is due (the fence before a commit writes; the timestamp waits its turn)."""
     with active.lease_lock:
         now = time.monotonic()
-        if force or now - active.last_renew >= active.ctx.config.lease_seconds / 3:
+        if now - active.last_renew >= active.ctx.config.lease_seconds / 3:
             active.lease = leases.renew(active.job, active.lease)
             active.last_renew = now
+        elif force:
+            leases.check(active.job, active.lease)
 
 
 def open_attempt(active: ActiveJob) -> None:

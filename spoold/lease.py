@@ -80,10 +80,15 @@ def acquire(job: JobDir, node: str, seen: Lease | None, durable: bool = True) ->
     return lease
 
 
-def renew(job: JobDir, lease: Lease) -> Lease:
-    """Refresh our lease; raises LeaseLost if a newer generation exists."""
+def check(job: JobDir, lease: Lease) -> None:
+    """Raises LeaseLost if a newer generation than ours exists (the fence: one directory listing)."""
     if max(_generations(job), default=0) > lease.gen:
         raise LeaseLost(f"job {job.name} was taken over by another daemon")
+
+
+def renew(job: JobDir, lease: Lease) -> Lease:
+    """Refresh our lease; raises LeaseLost if a newer generation exists."""
+    check(job, lease)
     fresh = lease.model_copy(update={"renewed_at": time.time()})
     # Not fsync'd: after a power cut a lease that looks old (or unreadable) only invites a takeover,
     # and its owner is gone then anyway. The generation check above is what fences.
