@@ -316,6 +316,14 @@ def main() -> int:
         args.out.write_text(text)
     else:
         args.out.write_text("\n".join(head + rows) + "\n")
+    if "deep-inbox" in args.sections:  # issue 15 asks for these figures in results.md too
+        from run import merge_sections
+
+        results = HERE / "results.md"
+        block = next(b for b in "\n".join(rows).split("\n## ")[1:] if b.startswith("A deep inbox"))
+        old = results.read_text() if results.exists() else "# spoold benchmark results\n"
+        merged = merge_sections(old, ["\n## " + block.rstrip("\n") + f"\n\n(Written by `benchmarks/core_loop.py deep-inbox`, {stamp}.)"], "## A deep inbox")
+        results.write_text("\n".join(merged) + "\n")
     print(args.out.read_text())
     return 0
 

@@ -268,3 +268,26 @@ def test_hot_gpu_pauses_the_daemon_until_it_cools(tmp_path: Path) -> None:
         time.sleep(0.01)
         daemon.tick(now=1023.1 + i / 100)
     assert (tmp_path / "done" / "j" / "batch.json").exists()
+
+
+def test_the_gpu_check_example_prints_readings_gate_and_gauges(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/gpu_check.py (run on a real H200 too, see the README) over a fake NVML with two GPUs."""
+    import importlib.util
+    from pathlib import Path
+
+    import spoold.gpu
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parent.parent / "examples" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    nvml = FakeNVML([FakeGpu(), FakeGpu(temp=91)])
+    monkeypatch.setattr(spoold.gpu, "_import_pynvml", lambda: nvml)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr("sys.argv", ["gpu_check.py", "90"])
+    assert check.main() == 0
+    out = capsys.readouterr().out
+    assert "health gate: GPU 1 at 91°C (limit 90°C)" in out
+    assert 'spoold_gpu_temperature_celsius{gpu="1"} 91.0' in out and 'spoold_gpu_memory_total_bytes{gpu="0"}' in out
+    monkeypatch.setattr(spoold.gpu, "_import_pynvml", lambda: None)
+    assert check.main() == 1
