@@ -293,7 +293,7 @@ def test_two_models_queued_switch_once(tmp_path: Path) -> None:
 
 @pytestmark_slow
 def test_a_deep_inbox_every_job_once_in_priority_order(tmp_path: Path) -> None:
-    n = 600
+    n = 2000
     with SpooldProcess(tmp_path, engine={"max_active_jobs": 1}, watch={"settle_seconds": 0.2}) as d:
         for i in range(n):
             drop_job(d.inbox, f"q{i:04d}", [chat_line(f"q{i}", "hi")], {"priority": i % 3})
