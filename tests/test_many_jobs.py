@@ -279,6 +279,22 @@ def test_a_high_priority_job_takes_the_next_free_slot(tmp_path: Path) -> None:
 
 
 @pytestmark_slow
+def test_a_waiting_job_whose_sidecar_is_replaced_runs_with_the_new_one(tmp_path: Path) -> None:
+    """Issue 15: what the intake learned about a waiting upload is refreshed when its sidecar changes."""
+    with SpooldProcess(tmp_path, engine={"max_active_jobs": 1, "window": 2}, watch={"settle_seconds": 0.2}) as d:
+        drop_job(d.inbox, "busy", [chat_line(f"b{k}", "hi") for k in range(100)], {})  # about 2.5 s
+        d.start({"SPOOLD_ECHO_DELAY": "0.05"})
+        wait_for(lambda: _active_now(d) >= 1, 30, what="a job running")
+        drop_job(d.inbox, "later", [chat_line("x", "hi")], {"metadata": {"v": "old"}})
+        time.sleep(0.5)  # settled and waiting for the slot
+        assert (d.inbox / "later.jsonl").exists() and not d.job_dir("done", "busy").exists(), "the scenario: later waits"
+        (d.inbox / ".later.yaml.tmp").write_text("metadata: {v: new}\npriority: 3\n")
+        os.rename(d.inbox / ".later.yaml.tmp", d.inbox / "later.yaml")
+        later = d.wait_finished("later", timeout=60)
+        assert d.batch(later)["metadata"] == {"v": "new"}
+
+
+@pytestmark_slow
 def test_two_models_queued_switch_once(tmp_path: Path) -> None:
     with SpooldProcess(tmp_path, engine={"max_active_jobs": 2}) as d:
         for i in range(6):
