@@ -97,7 +97,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     spool = _spool(args, config)
-    cache = status.RecentCache()
+    cache = status.WatchCache()
 
     def frame() -> str:
         rows = status.collect(spool, config.engine.default_model, args.name, show_all=args.all, cache=cache)

@@ -332,9 +332,15 @@ class Daemon:
     def _validate_next_ahead(self, now: float) -> None:
         """While jobs run, validate the inbox job likely to run next (large inputs, in another process)."""
         nxt = self.intake.ready.pick(self._current_model(), now, self.config.engine.model_switch_after)
-        if nxt is not None and nxt.model is not None and (nxt.size is None or nxt.size >= self.prevalidator.min_bytes):
-            profile = self.profiles.get(nxt.model)
-            self.prevalidator.offer(self.spool.inbox / f"{nxt.name}.jsonl", nxt.model, profile.serves if profile else None)
+        if nxt is not None:
+            self._offer_ahead(nxt.name, nxt.model, nxt.size)
+
+    def _offer_ahead(self, name: str, model: str | None, size: int | None) -> None:
+        """Hand an inbox input to the ahead-of-time pass; only a large one is worth a process (and a stat)."""
+        if model is None or (size is not None and size < self.prevalidator.min_bytes):
+            return
+        profile = self.profiles.get(model)
+        self.prevalidator.offer(self.spool.inbox / f"{name}{INPUT_SUFFIX}", model, profile.serves if profile else None)
 
     def _start(self, choice: _Choice, ticket: int | None = None) -> ActiveJob | str | None:
         """On a job-start thread: claim (or take over), then start_job."""
@@ -671,12 +677,8 @@ class Daemon:
     def _arrived(self, name: str, size: int) -> None:
         """A large upload's sidecar is there: start its validating pass now, during the settle time, so
         that a claim finds it done (the pass counts only if the file is still the same at the claim)."""
-        if size < self.prevalidator.min_bytes:
-            return
-        _, model = self._peek(name)
-        if model is not None:
-            profile = self.profiles.get(model)
-            self.prevalidator.offer(self.spool.inbox / f"{name}{INPUT_SUFFIX}", model, profile.serves if profile else None)
+        if size >= self.prevalidator.min_bytes:  # a small one's sidecar is not even read here
+            self._offer_ahead(name, self._peek(name)[1], size)
 
     def _new_context(self) -> JobContext:
         return JobContext(

@@ -29,7 +29,7 @@ INBOX_SHOWN = 50
 """Waiting jobs shown by default: the oldest (their sidecars are read; the rest are only counted)."""
 
 
-class RecentCache:
+class WatchCache:
     """For --watch: a finished folder whose (inode, mtime) did not change keeps its recent names,
     and a waiting job whose sidecar's (size, mtime) did not change keeps its model: a refresh
     reads only what changed."""
@@ -66,7 +66,7 @@ class RecentCache:
 
 def collect(
     spool: Spool, default_model: str, name: str | None = None, now: float | None = None, *,
-    show_all: bool = False, cache: RecentCache | None = None,
+    show_all: bool = False, cache: WatchCache | None = None,
 ) -> list[dict[str, Any]]:
     """Rows for every active job (inbox, processing) and the recent finished ones (`show_all`: every one).
 
@@ -172,7 +172,7 @@ def to_json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, indent=2)
 
 
-def _inbox_row(spool: Spool, entry: InboxEntry, default_model: str, now: float, cache: RecentCache | None = None) -> dict[str, Any]:
+def _inbox_row(spool: Spool, entry: InboxEntry, default_model: str, now: float, cache: WatchCache | None = None) -> dict[str, Any]:
     assert entry.jsonl is not None
     name = entry.name
 

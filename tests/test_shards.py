@@ -139,20 +139,26 @@ def _run(ctx, shard, seen=...) -> dict[str, str]:
     return run_many(ctx, EchoEngine("tiny-random", delay=0), [(shard, lease)])
 
 
-def _start_first(spool: Spool, config: Config, hooks: Hooks) -> tuple[JobDir, object]:
+def _start_first(spool: Spool, ctx) -> tuple[JobDir, object]:
     job = claim(spool, "big", "n1")
     assert job is not None
-    ctx = make_ctx(spool, hooks, config)
     first = start_job(ctx, job, leases.current(job))
     assert isinstance(first, ActiveJob) and first.name == "big#1"
     return job, first
+
+
+def _cut(spool: Spool, ctx) -> tuple[JobDir, list[ShardDir]]:
+    """Claim and cut the job; the run of shard 1 that the claim started is dropped: each test runs the shards itself."""
+    job, first = _start_first(spool, ctx)
+    first.close_reader()
+    return job, shard_dirs(job, load_plan(job))
 
 
 def test_a_sharded_job_runs_shard_by_shard_and_is_merged_once(tmp_path: Path) -> None:
     spool, ids, config = _sharded(tmp_path)
     hooks = Hooks()
     ctx = make_ctx(spool, hooks, config)
-    job, first = _start_first(spool, config, hooks)
+    job, first = _start_first(spool, ctx)
     plan = load_plan(job)
     assert plan is not None and plan.count == 4
     first.close_reader()
@@ -178,9 +184,7 @@ def test_a_crash_during_the_merge_finishes_on_restart(tmp_path: Path, monkeypatc
     spool, ids, config = _sharded(tmp_path, shards=3)
     hooks = Hooks()
     ctx = make_ctx(spool, hooks, config)
-    job, first = _start_first(spool, config, hooks)
-    first.close_reader()
-    shards = shard_dirs(job, load_plan(job))
+    job, shards = _cut(spool, ctx)
     for shard in shards[:2]:
         _run(ctx, shard)
     real = segments._concatenate
@@ -209,9 +213,7 @@ def test_a_shard_that_fails_for_good_fails_the_job_and_stops_the_others(tmp_path
     spool, ids, config = _sharded(tmp_path, shards=3)
     hooks = Hooks()
     ctx = make_ctx(spool, hooks, config)
-    job, first = _start_first(spool, config, hooks)
-    first.close_reader()
-    shards = shard_dirs(job, load_plan(job))
+    job, shards = _cut(spool, ctx)
     rec = shards[1].load_or_new_record(job.load_record())
     rec.failures, rec.last_error = 3, "engine error: out of memory"
     shards[1].save_record(rec)
@@ -246,9 +248,7 @@ def test_cancel_reaches_every_shard(tmp_path: Path) -> None:
     spool, ids, config = _sharded(tmp_path, shards=2)
     hooks = Hooks()
     ctx = make_ctx(spool, hooks, config)
-    job, first = _start_first(spool, config, hooks)
-    first.close_reader()
-    shards = shard_dirs(job, load_plan(job))
+    job, shards = _cut(spool, ctx)
     _run(ctx, shards[0])
     job.cancel_marker.touch()
     outcomes = _run(ctx, shards[1], None)

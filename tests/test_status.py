@@ -209,7 +209,7 @@ def test_a_deep_inbox_shows_its_oldest_and_a_watch_reads_only_changed_sidecars(t
     real = status_module.parse_sidecar
     monkeypatch.setattr(status_module, "parse_sidecar", lambda data: reads.append(data) or real(data))
 
-    cache = status_module.RecentCache()
+    cache = status_module.WatchCache()
     rows = collect(spool, "tiny-random", cache=cache)
     assert [r["name"] for r in rows] == [f"w{i:04d}" for i in range(status_module.INBOX_SHOWN)]
     assert [r["model"] for r in rows[:3]] == ["m0", "m1", "m2"]
