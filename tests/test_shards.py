@@ -235,11 +235,9 @@ def test_a_shard_that_fails_for_good_fails_the_job_and_stops_the_others(tmp_path
     from spoold.control import requeue
 
     requeue(spool, "big")
-    job = claim(spool, "big", "n1")
-    first = start_job(ctx, job, leases.current(job))
-    assert isinstance(first, ActiveJob) and load_plan(job).count == 3
-    first.close_reader()
-    for shard in shard_dirs(job, load_plan(job)):
+    job, shards = _cut(spool, ctx)
+    assert load_plan(job).count == len(shards) == 3
+    for shard in shards:
         _run(ctx, shard)
     _assert_once(tmp_path / "done" / "big", ids)
 
