@@ -43,13 +43,22 @@ class Claimer(BaseModel):
 
 
 def claim(spool: Spool, name: str, node: str, turn: AbstractContextManager[object] | None = None) -> JobDir | None:
-    """Claim inbox job `name`; returns its processing/ directory, or None if another daemon won.
+    """Claim inbox job `name`; returns its processing/ directory, or None if another daemon won."""
+    claimed = claim_with_lease(spool, name, node, turn)
+    return claimed[0] if claimed else None
+
+
+def claim_with_lease(
+    spool: Spool, name: str, node: str, turn: AbstractContextManager[object] | None = None
+) -> tuple[JobDir, leases.Lease] | None:
+    """Claim inbox job `name`; returns its processing/ directory and our lease, or None if another daemon won.
 
     `turn` wraps the claiming rename itself: a daemon claiming on several threads
     passes its jobs through it in admission (priority) order; the fsyncs after it overlap.
     """
     staging = spool.processing / f".claim-{uuid.uuid4().hex}"
-    (staging / STATE_DIR).mkdir(parents=True)
+    os.mkdir(staging)
+    os.mkdir(staging / STATE_DIR)
     claimer = Claimer(node=node, pid=os.getpid(), name=name, at=time.time()).model_dump()
     atomic_write_json(staging / STATE_DIR / CLAIMER_FILE, claimer, durable=False)  # lost in a power cut: recovered after lease_seconds
     source = spool.inbox / f"{name}{INPUT_SUFFIX}"
@@ -66,7 +75,9 @@ def claim(spool: Spool, name: str, node: str, turn: AbstractContextManager[objec
     if not (staging / "input.jsonl").exists() and _remove_empty_staging(staging):
         return None
     fsync_dir(spool.inbox)
-    return _complete(spool, staging, name, node, created_at, claimed_at)
+    job, lease = _complete(spool, staging, name, node, created_at, claimed_at, fresh=True)
+    assert lease is not None  # a fresh claim's first lease
+    return job, lease
 
 
 def recover_claims(spool: Spool, node: str, lease_seconds: float) -> list[JobDir]:
@@ -95,36 +106,44 @@ def recover_claims(spool: Spool, node: str, lease_seconds: float) -> list[JobDir
             continue  # died before the claim rename: nothing was taken
         name = claimer.name if claimer else mine.name
         log.info("finishing an interrupted claim of %s", name)
-        finished.append(_complete(spool, mine, name, node, mtime_or_now(mine / "input.jsonl")))
+        finished.append(_complete(spool, mine, name, node, mtime_or_now(mine / "input.jsonl"))[0])
     return finished
 
 
-def _complete(spool: Spool, staging: Path, name: str, node: str, created_at: float, claimed_at: float | None = None) -> JobDir:
+def _complete(
+    spool: Spool, staging: Path, name: str, node: str, created_at: float, claimed_at: float | None = None, fresh: bool = False
+) -> tuple[JobDir, leases.Lease | None]:
+    """Move the sidecar in, write the first lease and the job record, publish the folder under the job's name.
+
+    `fresh`: this very call's claim made the staging folder (nothing of it exists yet); otherwise it
+    finishes an interrupted claim, and each step looks at what the crash left first."""
     sidecar = spool.inbox / f"{name}{SIDECAR_SUFFIX}"
-    if not (staging / "meta.yaml").exists():
+    has_meta = not fresh and (staging / "meta.yaml").exists()
+    if not has_meta:
         try:
             os.rename(sidecar, staging / "meta.yaml")
+            has_meta = True
         except FileNotFoundError:
             pass  # an orphan job: default metadata
     job = JobDir(staging)
-    if leases.current(job) is None:
-        leases.acquire(job, node, None, durable=False)  # made durable by the job record's directory fsync below
-    if not job.record_path.exists():
+    # the lease is made durable by the job record's directory fsync below
+    lease = leases.first(job, node) if fresh else leases.current(job) or leases.acquire(job, node, None, durable=False)
+    record = None if fresh or not job.record_path.exists() else job.load_record()
+    if record is None:
         record = JobRecord.new(name=name, original_name=name, node=node, created_at=created_at, claimed_at=claimed_at)
         record.pending_failure = refuse_unsafe(staging)  # symlink, FIFO, device, 2nd hard link, unreadable
-        record.no_sidecar = not job.meta.exists()
+        record.no_sidecar = not (has_meta and record.pending_failure is None) and not job.meta.exists()  # a refused one was moved aside
         job.save_record(record)
     else:
         fsync_dir(job.state)
     fsync_dir(staging)
     final = rename_unique(staging, spool.processing, name, lambda n: name_taken(spool.root, n))
     job = JobDir(final)
-    record = job.load_record()
     if record.name != final.name:
         record.name = final.name
         job.save_record(record)
     log.info("claimed", extra={"job": final.name})
-    return job
+    return job, lease
 
 
 def _remove_empty_staging(staging: Path) -> bool:

@@ -358,10 +358,10 @@ class Daemon:
                 log.info("resuming from its checkpoint", extra={"job": job.name})
         else:
             assert ticket is not None
-            job = claims.claim(self.spool, name, self.node, self.turnstile.turn(ticket))
-            if job is None:
+            claimed = claims.claim_with_lease(self.spool, name, self.node, self.turnstile.turn(ticket))
+            if claimed is None:
                 return None  # another daemon won the claim
-            lease = leases.current(job)
+            job, lease = claimed
             if choice.verdict is Verdict.NO_SIDECAR:
                 fail_reason = f"no sidecar {name}{SIDECAR_SUFFIX} arrived within {self.config.watch.orphan_seconds:g} s (watch.require_sidecar is on)"
                 record = job.load_record()

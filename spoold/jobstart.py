@@ -78,13 +78,15 @@ def start_job(ctx: JobContext, job: JobDir, lease: leases.Lease, fail_reason: st
     if rec.failures >= cfg.engine.max_attempts:
         end = JobEnd("failed", f"{rec.last_error} ({rec.failures} times; engine.max_attempts is {cfg.engine.max_attempts})")
         return end_job(ctx, job, rec, end, sidecar, model, checkpoint, own_gen=lease.gen)
-    rec.attempt_mark = _progress_mark(job, checkpoint)
+    validated = job.validation.exists()  # kept by a long pass of an earlier run (or this job's shards)
+    size = _size(job.input)
+    rec.attempt_mark = _progress_mark(job, checkpoint, validated)
     rec.attempt_node, rec.attempt_run = ctx.node, ctx.run_id  # who opens it: a run still alive never counts
-    if not shard and not job.validation.exists() and _size(job.input) >= LONG_PASS_BYTES:
+    if not shard and not validated and size >= LONG_PASS_BYTES:
         rec.open_attempt = True  # a crash during a long validating pass may be this input's doing
         job.save_record(rec)
     try:
-        validation = _validation(ctx, job, model, profile.serves)
+        validation = _validation(ctx, job, model, profile.serves, validated, size)
         reason = fatal_reason(validation, sidecar.max_error_ratio)
         if reason and not shard:
             listing = _list_line_errors(ctx, job, model, validation, sidecar, profile.serves, lease.gen)
@@ -160,9 +162,11 @@ def _size(path) -> int:
         return 0
 
 
-def _progress_mark(job: JobDir, checkpoint: Checkpoint) -> int:
+def _progress_mark(job: JobDir, checkpoint: Checkpoint, validated: bool | None = None) -> int:
     """Grows whenever a run commits something durable: a checkpoint, or the validating pass."""
-    return checkpoint.chunks * 2 + (1 if job.validation.exists() else 0)
+    if validated is None:
+        validated = job.validation.exists()
+    return checkpoint.chunks * 2 + (1 if validated else 0)
 
 
 def _count_unclean_end(ctx: JobContext, job: JobDir, rec: JobRecord, checkpoint: Checkpoint) -> None:
@@ -277,8 +281,8 @@ def _load_sidecar(job: JobDir, ctx: JobContext) -> Sidecar:
     return parse_sidecar(text, ctx.handler_names)
 
 
-def _validation(ctx: JobContext, job: JobDir, model: str, serves: frozenset[str] | None) -> ValidationSummary:
-    if job.validation.exists():
+def _validation(ctx: JobContext, job: JobDir, model: str, serves: frozenset[str] | None, validated: bool, size: int) -> ValidationSummary:
+    if validated:
         return ValidationSummary.model_validate(read_json(job.validation))
 
     def keep_going(lines: int = 0) -> bool:
@@ -286,7 +290,7 @@ def _validation(ctx: JobContext, job: JobDir, model: str, serves: frozenset[str]
 
     ahead = ctx.prevalidated(job.input, model, keep_going) if ctx.prevalidated else None
     summary = ahead or validate_file(job.input, model, keep_going, ctx.config.max_line_bytes, serves)
-    if ahead or _size(job.input) >= LONG_PASS_BYTES:  # a small input is validated again in milliseconds
+    if ahead or size >= LONG_PASS_BYTES:  # a small input is validated again in milliseconds
         atomic_write_json(job.validation, summary.model_dump())
     how = " (validated ahead of time)" if ahead else ""
     log.info("validated: %d requests, %d invalid%s", summary.lines, summary.invalid, how, extra={"job": job.name})

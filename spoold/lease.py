@@ -54,6 +54,14 @@ def is_stale(lease: Lease | None, job_mtime: float, now: float, lease_seconds: f
     return now - last > lease_seconds
 
 
+def first(job: JobDir, node: str) -> Lease:
+    """The first lease of a job still in its claimer's private staging folder (claim.py): nobody else
+    can see the folder yet, so no exclusive create is needed. Made durable by the claim's folder fsync."""
+    lease = Lease(node=node, pid=os.getpid(), renewed_at=time.time(), gen=1)
+    atomic_write_json(job.state / "lease.1.json", lease.model_dump(), durable=False)
+    return lease
+
+
 def acquire(job: JobDir, node: str, seen: Lease | None, durable: bool = True) -> Lease | None:
     """Take the job over from `seen` (None: nobody); returns our lease, or None if another daemon won.
 

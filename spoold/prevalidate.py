@@ -76,8 +76,10 @@ class Prevalidator:
         `wait()` is called about once a second while waiting (the caller beats its
         watchdog there); returning False gives up.
         """
-        key = file_key(path, model)
         with self._lock:
+            if not self._futures:
+                return None  # nothing validated ahead (small inputs never are): not even a stat
+            key = file_key(path, model)
             future = self._futures.pop(key, None) if key is not None else None
         if future is None:
             return None

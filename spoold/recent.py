@@ -21,14 +21,28 @@ KEEP = 100
 """Notes kept per state; trimmed back to this once there are twice as many."""
 
 
+TRIM_EVERY = 20
+"""A process trims the notes of a state after every this many notes of its own (a listing per
+note cost more than the note itself): the folder holds at most 2 * KEEP + TRIM_EVERY per daemon."""
+_written: dict[tuple[str, str], int] = {}
+"""(notes folder, state) -> notes this process wrote there; a folder in it is known to exist."""
+
+
 def note(job_dir: Path) -> None:
     """Note that the job at SPOOL/<state>/NAME just finished. Never raises: status falls back without it."""
     job_dir = Path(job_dir)
     state, folder = job_dir.parent.name, job_dir.parent.parent / RECENT_DIR
+    key = (str(folder), state)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{time.time_ns():020d}-{state}-{job_dir.name}").touch()
-        _trim(folder, state)
+        entry = folder / f"{time.time_ns():020d}-{state}-{job_dir.name}"
+        try:
+            entry.touch()
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)
+            entry.touch()
+        written = _written[key] = _written.get(key, 0) + 1
+        if written % TRIM_EVERY == 1:  # the first note of this process trims too
+            _trim(folder, state)
     except OSError as exc:
         log.debug("cannot note %s as recently finished: %s", job_dir.name, exc)
 

@@ -67,9 +67,20 @@ def merge(job_path: Path, parts: list[tuple[Path, Checkpoint]], own: tuple[Path,
 
 
 def discard(job_path: Path) -> None:
-    """Remove the segments of a finished job (its output.jsonl and errors.jsonl hold their records)."""
-    for path in (job_path / STATE_DIR).rglob("seg.*.jsonl"):
-        path.unlink(missing_ok=True)
+    """Remove the segments of a finished job (its output.jsonl and errors.jsonl hold their records):
+    in its state folder and, for a sharded job, in each shard's (one listing per folder)."""
+    folders = [job_path / STATE_DIR]
+    while folders:
+        try:
+            entries = os.scandir(folders.pop())
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith("seg.") and entry.name.endswith(".jsonl"):
+                    Path(entry.path).unlink(missing_ok=True)
+                elif entry.is_dir(follow_symlinks=False):
+                    folders.append(Path(entry.path))
 
 
 def _concatenate(final: Path, pieces: list[tuple[Path, int]]) -> None:

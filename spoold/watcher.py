@@ -11,7 +11,7 @@ import queue
 import threading
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
@@ -81,6 +81,14 @@ def _no_move_pairing_delay() -> None:
     InotifyMoveEventGrouper.delay = MOVE_PAIRING_DELAY  # read when the observer builds its grouper
 
 
+HINT_EVENTS = [FileCreatedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent]
+"""The inotify events asked for (IN_CREATE, IN_CLOSE_WRITE, IN_MOVED_FROM/TO, IN_DELETE): an upload
+starts, is written out, is renamed in or out, or goes. Not IN_MODIFY (one per write(2) of an upload:
+thousands of hints for one large file, the settle deadline re-stats it anyway), nor IN_OPEN,
+IN_CLOSE_NOWRITE or IN_ATTRIB (every read of an inbox file, the daemon's own peeks included):
+fewer wake-ups of the watcher's threads and of the loop per job."""
+
+
 class InboxWatcher:
     def __init__(self, inbox: Path, mode: str, wake: threading.Event) -> None:
         self.inbox = inbox
@@ -91,7 +99,7 @@ class InboxWatcher:
         if self.mode == "inotify":
             _no_move_pairing_delay()
             self._observer = Observer()
-            self._observer.schedule(_Hints(wake, self._names), str(inbox), recursive=False)
+            self._observer.schedule(_Hints(wake, self._names), str(inbox), recursive=False, event_filter=HINT_EVENTS)
 
     def changed(self) -> list[str]:
         """Job names hinted since the last call."""

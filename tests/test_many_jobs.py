@@ -77,6 +77,36 @@ def test_intake_rescan_finds_what_inotify_dropped(tmp_path: Path) -> None:
     assert len(intake.ready) == 50
 
 
+def test_the_watcher_hints_arrivals_and_departures_not_reads_or_each_write(tmp_path: Path) -> None:
+    """inotify asks for creates, closes after writing, renames and deletes: a job's upload and claim
+    are hinted; the daemon reading an inbox file (a sidecar peek) and each write(2) are not."""
+    import threading
+
+    from spoold.watcher import InboxWatcher
+
+    watcher = InboxWatcher(tmp_path, "inotify", threading.Event())
+    watcher.start()
+
+    def hints_after(action) -> list[str]:
+        action()
+        time.sleep(0.3)  # the observer's threads pass events on within their 0.1 s timeouts
+        return watcher.changed()
+
+    try:
+        (tmp_path / ".a.jsonl.tmp").write_text("x\n")
+        assert "a" in hints_after(lambda: os.rename(tmp_path / ".a.jsonl.tmp", tmp_path / "a.jsonl"))  # renamed in
+        assert "a" in hints_after(lambda: (tmp_path / "a.yaml").write_text("{}\n"))  # written in place
+        assert hints_after(lambda: (tmp_path / "a.yaml").read_text()) == []  # a read (the daemon's peek)
+        with open(tmp_path / "b.jsonl", "w") as upload:
+            assert "b" in hints_after(upload.flush)  # the upload starts
+            assert hints_after(lambda: [upload.write("y\n") or upload.flush() for _ in range(50)]) == []  # each write
+        assert "b" in hints_after(lambda: None)  # ... and ends (closed after writing)
+        assert "a" in hints_after(lambda: os.rename(tmp_path / "a.jsonl", tmp_path.parent / "claimed-a.jsonl"))  # claimed
+        assert "b" in hints_after(lambda: (tmp_path / "b.jsonl").unlink())  # removed
+    finally:
+        watcher.stop()
+
+
 def test_ready_queue_priority_then_loaded_model_then_age() -> None:
     q = ReadyQueue()
     q.push(Candidate("old-b", 0, 1.0, "b"))

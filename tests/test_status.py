@@ -164,11 +164,15 @@ def test_notes_are_trimmed_per_state(tmp_path: Path) -> None:
     from spoold import recent
 
     spool_with_history(tmp_path, done=1, failed=1)
-    for _ in range(2 * recent.KEEP + 1):
+    for _ in range(2 * recent.KEEP + recent.TRIM_EVERY):
         recent.note(tmp_path / "done" / "d000")
     recent.note(tmp_path / "failed" / "f000")
     notes = os.listdir(tmp_path / recent.RECENT_DIR)
-    assert sum("-done-" in n for n in notes) == recent.KEEP and sum("-failed-" in n for n in notes) == 1
+    done = sum("-done-" in n for n in notes)  # trimmed after every TRIM_EVERY notes, not after each
+    assert recent.KEEP <= done < recent.KEEP + recent.TRIM_EVERY and sum("-failed-" in n for n in notes) == 1
+    for _ in range(2 * recent.KEEP):
+        recent.note(tmp_path / "done" / "d000")
+    assert sum("-done-" in n for n in os.listdir(tmp_path / recent.RECENT_DIR)) <= 2 * recent.KEEP + recent.TRIM_EVERY  # bounded
 
 
 def test_the_daemon_notes_finished_jobs_for_status(tmp_path: Path) -> None:
