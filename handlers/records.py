@@ -126,7 +126,8 @@ def plan_runs(
     """Record the job's pending handler runs in `job_dir/.spoold/handlers.json`, once per finish.
 
     Call it before the job leaves processing/, so the runs are on disk before
-    anything could crash. If the job already has records for this batch id and
+    anything could crash. A job that runs no handler gets no file (one durable
+    write fewer per job). If the job already has records for this batch id and
     final status they are returned unchanged: planning twice never adds or
     repeats a run. (Records for another id or status are from an earlier life
     of the job, e.g. before a requeue, and are replaced.) Touches only
@@ -147,6 +148,8 @@ def plan_runs(
         planned_at=planned_at,
         runs={name: RunRecord(next_attempt_at=planned_at) for name in select_handlers(status, selected, configs)},
     )
+    if not runs.runs and existing is None:
+        return runs  # no handler runs this job: nothing to record (no file reads as no runs; planning again finds none again)
     save_runs(job_dir, runs, sync_dir)
     pending.mark(job_dir, runs)
     return runs

@@ -61,6 +61,8 @@ class JobContext:
     handler_names: set[str] | None = None
     prevalidated: Callable[[Path, str, Callable[[], bool]], ValidationSummary | None] | None = None
     """A validating pass done ahead of time for this very input file, if any (see prevalidate.py)."""
+    validate_aside: Callable[[Path, str, Callable[[], bool], frozenset[str] | None], ValidationSummary | None] | None = None
+    """A small input's pass run now in the ahead-of-time pass's worker process (None: validate inline)."""
     run_id: str = ""
     """This daemon process's run (its node lock, nodelock.py); recorded with each attempt it opens."""
 

@@ -684,7 +684,8 @@ class Daemon:
         return JobContext(
             config=self.config, node=self.node, spool_root=self.spool.root, profiles=self.profiles,
             hooks=self.service.run_hooks(lambda: self.stop_requested), finish_hooks=self.finish_hooks,
-            handler_names={h.name for h in self.config.handlers}, prevalidated=self.prevalidator.take, run_id=self.run_id,
+            handler_names={h.name for h in self.config.handlers}, prevalidated=self.prevalidator.take,
+            validate_aside=self.prevalidator.validate_aside, run_id=self.run_id,
         )  # fmt: skip
 
     def _beat_interval(self) -> float:

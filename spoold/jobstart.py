@@ -289,7 +289,8 @@ def _validation(ctx: JobContext, job: JobDir, model: str, serves: frozenset[str]
         return not ctx.hooks.should_stop()
 
     ahead = ctx.prevalidated(job.input, model, keep_going) if ctx.prevalidated else None
-    summary = ahead or validate_file(job.input, model, keep_going, ctx.config.max_line_bytes, serves)
+    aside = ctx.validate_aside(job.input, model, keep_going, serves) if not ahead and ctx.validate_aside else None
+    summary = ahead or aside or validate_file(job.input, model, keep_going, ctx.config.max_line_bytes, serves)
     if ahead or size >= LONG_PASS_BYTES:  # a small input is validated again in milliseconds
         atomic_write_json(job.validation, summary.model_dump())
     how = " (validated ahead of time)" if ahead else ""

@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Collection
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from pathlib import Path
 
 from spoold.reader import MAX_LINE_BYTES
@@ -85,6 +85,24 @@ class Prevalidator:
             return None
         if not future.done() and not (self._worker_up is not None and self._worker_up.done()):
             return None  # the worker process is still starting: validating inline is sooner
+        return self._result_of(future, path, wait)
+
+    def validate_aside(
+        self, path: Path, model: str, keep_going: Callable[[], bool], serves: Collection[str] | None = None
+    ) -> ValidationSummary | None:
+        """Validate a small input now, in the worker process, if it is up: the calling job-start
+        thread waits without the GIL, so the pass does not hold up the engine loop's Python while
+        other jobs run. None (validate inline) while no worker runs, or if the pass fails."""
+        with self._lock:
+            if self._executor is None or self._worker_up is None or not self._worker_up.done():
+                return None  # no engine of a pooled backend yet (e.g. the echo backend), or still spawning
+            try:
+                future = self._executor.submit(validate_file, path, model, None, self.max_line_bytes, serves)
+            except RuntimeError:  # shut down meanwhile
+                return None
+        return self._result_of(future, path, keep_going)
+
+    def _result_of(self, future: Future[ValidationSummary], path: Path, wait: Callable[[], bool]) -> ValidationSummary | None:
         while not future.done():
             if not wait():
                 future.cancel()
@@ -93,10 +111,12 @@ class Prevalidator:
                 future.exception(timeout=1.0)
             except TimeoutError:
                 continue
+            except CancelledError:  # the daemon is stopping or reloading: the pool was shut down
+                return None
         try:
             return future.result()
         except Exception as exc:  # the pass failed (file vanished, worker died): just validate inline
-            log.info("ahead-of-time validation of %s failed (%s); validating now", path.name, exc)
+            log.info("validation of %s in the worker process failed (%s); validating here", path.name, exc)
             return None
 
     def warm(self) -> None:

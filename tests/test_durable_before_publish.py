@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+from handler_helpers import handler_config
 from inline_driver import Hooks, run_inline
 from spoold_helpers import assert_exactly_once, chat_line, drop_job
 
@@ -120,7 +121,8 @@ class DiskWatch:
 def _ctx(spool: Spool, config: Config, with_handlers: bool) -> JobContext:
     hooks = FinishHooks()
     if with_handlers:  # as HandlerDispatcher.plan_runs does it: handlers.json with no folder fsync of its own
-        hooks.before_move.append(lambda job, batch, selected: plan_runs(job.path, batch, ["note"], [], node="n1", sync_dir=False))
+        note = handler_config(name="note", type="python", **{"class": "handler_helpers:RecordingHandler"})
+        hooks.before_move.append(lambda job, batch, selected: plan_runs(job.path, batch, ["note"], [note], node="n1", sync_dir=False))
     return JobContext(config=config, node="n1", spool_root=spool.root, profiles=load_profiles(), hooks=Hooks(), finish_hooks=hooks)
 
 
@@ -142,6 +144,7 @@ def test_a_finished_job_is_durable_when_published(tmp_path: Path, monkeypatch: p
     _, dirs, files = watch.published[0]
     assert dirs == set(), f"folders with unsynced entries at the move: {sorted(dirs)}"
     assert files == set(), f"files with unsynced data at the move: {sorted(files)}"
+    assert (spool.root / "done" / "job" / ".spoold" / "handlers.json").exists() == with_handlers  # none without runs
 
 
 def test_the_watch_sees_a_missing_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

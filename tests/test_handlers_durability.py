@@ -221,6 +221,17 @@ def test_a_job_requeued_while_pending_is_dropped_quietly(tmp_path: Path, make_di
     assert RecordingHandler.events == []
 
 
+def test_a_job_that_runs_no_handler_gets_no_records_file(tmp_path: Path) -> None:
+    """No handler picked (or none configured): no handlers.json is written (one durable write fewer per
+    job); planning again still finds none, and a job that does run one gets its file."""
+    job_dir, batch = make_job(tmp_path, "job1")
+    assert plan_runs(job_dir, batch, None, [], node="n").runs == {}
+    assert plan_runs(job_dir, batch, [], [recorder()], node="n").runs == {}  # the sidecar picked none
+    assert not (job_dir / ".spoold" / "handlers.json").exists()
+    assert list(plan_runs(job_dir, batch, None, [recorder()], node="n").runs) == ["rec"]
+    assert read_runs(job_dir)["runs"]["rec"]["status"] == "pending"
+
+
 def test_replanning_a_new_finish_replaces_old_records(tmp_path: Path) -> None:
     rec = recorder()
     job_dir, batch = make_job(tmp_path, "job1", status="failed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -92,3 +93,22 @@ def test_a_pass_whose_worker_is_still_starting_is_not_waited_for(tmp_path: Path)
         assert summary is not None and summary.lines == 6002
     finally:
         pre.close()
+
+
+def test_a_small_input_is_validated_in_the_worker_once_it_runs(tmp_path: Path) -> None:
+    """Small inputs are not offered ahead of time; once the worker process runs (it is started
+    beside a vLLM model load), a job-start thread has their pass run there, without the GIL."""
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps(chat_line(f"s{i}", "hi")) + "\n" for i in range(5)) + "not json\n")
+    inline = validate_file(small, "tiny-random")
+    pre = Prevalidator()
+    try:
+        assert pre.validate_aside(small, "tiny-random", lambda: pytest.fail("no worker: nothing to wait for")) is None
+        pre.warm()
+        wait_for(lambda: pre._worker_up.done(), 60, what="the worker")
+        aside = pre.validate_aside(small, "tiny-random", lambda: True)
+        assert aside is not None and aside == inline and (aside.lines, aside.invalid) == (6, 1)
+        assert pre.validate_aside(tmp_path / "gone.jsonl", "tiny-random", lambda: True) is None  # failed there: inline
+    finally:
+        pre.close()
+    assert pre.validate_aside(small, "tiny-random", lambda: True) is None  # closed (a stop or reload)
