@@ -132,7 +132,8 @@ def _complete(
     if record is None:
         record = JobRecord.new(name=name, original_name=name, node=node, created_at=created_at, claimed_at=claimed_at)
         record.pending_failure = refuse_unsafe(staging)  # symlink, FIFO, device, 2nd hard link, unreadable
-        record.no_sidecar = not (has_meta and record.pending_failure is None) and not job.meta.exists()  # a refused one was moved aside
+        # moved in above, unless refuse_unsafe has just moved it aside: then look
+        record.no_sidecar = not job.meta.exists() if record.pending_failure or not has_meta else False
         job.save_record(record)
     else:
         fsync_dir(job.state)

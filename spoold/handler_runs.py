@@ -189,7 +189,7 @@ class HandlerDispatcher:
     # ---- queue -------------------------------------------------------------------------------
 
     def _enqueue(self, job_dir: Path, runs: JobRuns) -> int:
-        if not any(run.open for run in runs.runs.values()):
+        if not pending.has_open_runs(runs):
             return 0  # nothing owed (a job without handlers): no realpath, no wake-up of the workers
         now = time.time()
         real_dir = os.path.realpath(job_dir)  # one key per job however its path was spelled

@@ -60,9 +60,8 @@ class Prevalidator:
         if len(self._futures) >= MAX_KEPT:
             oldest = next(iter(self._futures))
             del self._futures[oldest]
-        executor = self._start_worker()
         log.debug("validating %s ahead of time", path.name)
-        self._futures[key] = executor.submit(validate_file, path, model, None, self.max_line_bytes, serves)
+        self._futures[key] = self._submit(self._start_worker(), path, model, serves)
 
     def finished(self, path: Path, model: str) -> bool:
         """Whether a pass for exactly this file has finished (and not been taken yet)."""
@@ -83,7 +82,7 @@ class Prevalidator:
             future = self._futures.pop(key, None) if key is not None else None
         if future is None:
             return None
-        if not future.done() and not (self._worker_up is not None and self._worker_up.done()):
+        if not future.done() and not self._worker_running():
             return None  # the worker process is still starting: validating inline is sooner
         return self._result_of(future, path, wait)
 
@@ -94,10 +93,10 @@ class Prevalidator:
         thread waits without the GIL, so the pass does not hold up the engine loop's Python while
         other jobs run. None (validate inline) while no worker runs, or if the pass fails."""
         with self._lock:
-            if self._executor is None or self._worker_up is None or not self._worker_up.done():
+            if self._executor is None or not self._worker_running():
                 return None  # no engine of a pooled backend yet (e.g. the echo backend), or still spawning
             try:
-                future = self._executor.submit(validate_file, path, model, None, self.max_line_bytes, serves)
+                future = self._submit(self._executor, path, model, serves)
             except RuntimeError:  # shut down meanwhile
                 return None
         return self._result_of(future, path, keep_going)
@@ -123,6 +122,13 @@ class Prevalidator:
         """Start the worker process now (a spawn costs about half a second), e.g. beside a model load."""
         with self._lock:
             self._start_worker()
+
+    def _submit(self, executor: ProcessPoolExecutor, path: Path, model: str, serves: Collection[str] | None) -> Future[ValidationSummary]:
+        return executor.submit(validate_file, path, model, None, self.max_line_bytes, serves)
+
+    def _worker_running(self) -> bool:
+        """The worker process has started (not merely been asked to)."""
+        return self._worker_up is not None and self._worker_up.done()
 
     def _start_worker(self) -> ProcessPoolExecutor:
         if self._executor is None:
