@@ -41,6 +41,7 @@ from spoold.jobdir import JobDir
 from spoold.jobstart import end_job, give_up_run, start_job
 from spoold.keeper import LeaseKeeper
 from spoold.lanes import Lanes, Turnstile
+from spoold.priority import background
 from spoold.mounts import split_spool_problem
 from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX
 from spoold.prevalidate import Prevalidator
@@ -102,12 +103,12 @@ class Daemon:
         self.finish_hooks = FinishHooks()
         self.service.wire_finish(self.finish_hooks)
         self.keeper = LeaseKeeper()
-        self.starter = ThreadPoolExecutor(START_THREADS, thread_name_prefix="job-start")
+        self.starter = ThreadPoolExecutor(START_THREADS, thread_name_prefix="job-start", initializer=background)
         self.turnstile = Turnstile()  # the claiming renames themselves happen in admission (priority) order
         self.io = Lanes(IO_LANES, "job-io")
         self.loop: EngineLoop | None = None
         self.active: list[ActiveJob] = []  # fed to the engine now
-        self.waiting: list[ActiveJob] = []  # started, for a model not loaded yet
+        self.waiting: list[ActiveJob] = []  # started, not fed yet: its model is not loaded, or every engine slot is taken
         self.starting: dict[str, tuple[Future, str | None, float]] = {}
         self._supply: dict[str, int] = {}  # lines a starting shard brings (other starts count as one window)
         self.closing: list[_Closing] = []
@@ -283,7 +284,13 @@ class Daemon:
             return  # decide every upload whose time has come first, so jobs are taken in priority order across all
         if len(self.closing) >= self.config.engine.max_active_jobs:
             return  # ending jobs is the bottleneck (tiny jobs): more starts would only queue behind their ends
-        slots = self.config.engine.max_active_jobs - len(self.active) - len(self.waiting) - len(self.starting)
+        limit = self.config.engine.max_active_jobs
+        held = len(self.active) + len(self.waiting) + len(self.starting)
+        slots = limit - held
+        if len(self.active) >= limit:  # every slot is fed: start up to as many again ahead, so that a slot is
+            slots = 2 * limit - held  # refilled the moment its job drains (within two windows: _wants_more)
+        if slots <= 0 and self._outranks_waiting(now):
+            slots = 1  # it is fed before the jobs started ahead of it, so it must not wait for their slots
         while slots > 0 and self._wants_more():
             choice = self._next_choice(now)
             if choice is None:
@@ -295,6 +302,14 @@ class Daemon:
             self._take(choice)
             slots -= 1
         self._validate_next_ahead(now)
+
+    def _outranks_waiting(self, now: float) -> bool:
+        """The next job to take has a higher priority than a job already started but not fed yet."""
+        if not self.waiting:
+            return False
+        lowest = min(j.priority for j in self.waiting)
+        nxt = self.intake.ready.pick(self._current_model(), now, self.config.engine.model_switch_after)
+        return (nxt is not None and nxt.priority > lowest) or any(c.candidate.priority > lowest for c in self._resumable)
 
     def _next_choice(self, now: float) -> _Choice | None:
         """The inbox's next job or a processing/ job (or shard) to resume or take over, whichever has
@@ -445,7 +460,9 @@ class Daemon:
             loaded = engine.model
         if self.loop is None or self.loop.engine.model != loaded:
             return
-        for job in [j for j in self.waiting if j.model == loaded]:
+        free = self.config.engine.max_active_jobs - len(self.active)
+        ready = [j for j in self.waiting if j.model == loaded]
+        for job in sorted(ready, key=lambda j: -j.priority)[:free]:  # stable: earlier started first
             self.waiting.remove(job)
             job.started = time.monotonic()  # its running time counts from here, not from a model load it waited for
             self.active.append(job)

@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from spoold.priority import background
+
 
 class Lanes:
     def __init__(self, count: int, name: str) -> None:
-        self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{i}") for i in range(count)]
+        self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{i}", initializer=background) for i in range(count)]
 
     def submit(self, key: str, fn: Callable[..., Any], *args: Any) -> Future:
         return self._lanes[zlib.crc32(key.encode()) % len(self._lanes)].submit(fn, *args)

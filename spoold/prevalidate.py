@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from pathlib import Path
 
+from spoold.priority import background
 from spoold.reader import MAX_LINE_BYTES
 from spoold.validate import ValidationSummary, validate_file
 
@@ -132,7 +133,7 @@ class Prevalidator:
 
     def _start_worker(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=background)
             self._worker_up = self._executor.submit(os.getpid)  # done once the worker process runs
         return self._executor
 

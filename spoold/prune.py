@@ -34,6 +34,7 @@ from spoold.fsutil import atomic_write_text, fsync_dir
 from spoold.handlers.pending import has_open_runs
 from spoold.handlers.records import load_runs
 from spoold.names import unique_name
+from spoold.priority import background
 from spoold.retention import Due, find_due
 from spoold.spool_lock import SpoolLock
 from spoold.states import rename_unique
@@ -279,6 +280,7 @@ class PeriodicPrune:
             self._thread.join(timeout)
 
     def _pass(self, spool_root: Path, retention: RetentionConfig) -> None:
+        background()
         try:
             report = prune(spool_root, retention, self._node, on_removed=self._on_removed, should_stop=self._stop.is_set)
         except PruneBusy as exc:

@@ -408,3 +408,23 @@ def test_a_job_that_kills_its_daemon_before_any_progress_fails_after_max_attempt
         assert kills == 3  # three runs that committed nothing; a small input's validating pass is not kept, so not progress
         message = d.batch(failed.parent)["errors"]["data"][0]["message"]
         assert "before committing any progress" in message and "max_attempts is 3" in message
+
+
+@pytestmark_slow
+def test_jobs_are_started_ahead_of_a_free_slot_and_an_urgent_one_still_goes_first(tmp_path: Path) -> None:
+    """With every slot fed, the next job is claimed and started ahead (its slot is refilled the moment one
+    drains); a more urgent job that arrives later is started too and fed before it."""
+    with SpooldProcess(tmp_path, engine={"max_active_jobs": 1, "window": 64}) as d:
+        for i in range(4):
+            drop_job(d.inbox, f"low{i}", [chat_line(f"l{i}-{k}", "hi") for k in range(40)], {})  # ~2 s each
+        d.start({"SPOOLD_ECHO_DELAY": "0.05", "SPOOLD_ECHO_PER_STEP": "1"})
+        wait_for(lambda: _active_now(d) == 1 and len(os.listdir(d.spool / "processing")) == 2, 30, what="one job fed, one started ahead")
+        assert len(os.listdir(d.inbox)) == 4  # the other two wait in the inbox: no more than one job ahead
+        drop_job(d.inbox, "urgent", [chat_line("u", "hi")], {"priority": 9})
+        d.wait_finished("urgent", timeout=60)
+        for i in range(4):
+            d.wait_finished(f"low{i}", timeout=60)
+        finished = {p.name: json.loads((p / "batch.json").read_text())["spoold"]["updated_at"] for p in (d.spool / "done").iterdir()}
+        later = [n for n in finished if n.startswith("low") and finished[n] > finished["urgent"]]
+        assert len(later) == 3, f"urgent should be fed right after the job running when it came: {sorted(finished, key=finished.get)}"
+        assert d.stop() == 0
