@@ -171,7 +171,7 @@ def section_vllm_job(work: Path, n: int, max_tokens: int, model_dir: Path, pairs
     return rows
 
 
-def section_vllm_split(work: Path, max_tokens: int, pairs: int = 9) -> list[str]:
+def section_vllm_split(work: Path, max_tokens: int, pairs: int = 15) -> list[str]:
     rows = ["\n## The same 2,048 requests as 1 job and as 32 jobs of 64, dropped at once (real vLLM, model loaded)\n",
             f"Run alternately {pairs} times on one warm daemon; each pair's ratio, then the median.\n",
             "| pair | 1 job of 2048, s | 32 jobs of 64, s | 32 small vs 1 big |", "|---:|---:|---:|---:|"]  # fmt: skip
