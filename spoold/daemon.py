@@ -41,10 +41,10 @@ from spoold.jobdir import JobDir
 from spoold.jobstart import end_job, give_up_run, start_job
 from spoold.keeper import LeaseKeeper
 from spoold.lanes import Lanes, Turnstile
-from spoold.priority import background
 from spoold.mounts import split_spool_problem
 from spoold.names import INPUT_SUFFIX, SIDECAR_SUFFIX
 from spoold.prevalidate import Prevalidator
+from spoold.priority import background
 from spoold.profiles import load_profiles
 from spoold.readiness import ReadinessRule, Verdict
 from spoold.scheduler import Candidate

@@ -300,12 +300,17 @@ def test_a_high_priority_job_takes_the_next_free_slot(tmp_path: Path) -> None:
         d.start({"SPOOLD_ECHO_DELAY": "0.05"})
         wait_for(lambda: _active_now(d) >= 1, 30, what="a job running")
         drop_job(d.inbox, "urgent", [chat_line("u", "hi")], {"priority": 9})
-        d.wait_finished("urgent", timeout=60)
-        for i in range(4):
-            d.wait_finished(f"low{i}", timeout=60)
-        finished = {p.name: json.loads((p / "batch.json").read_text())["spoold"]["updated_at"] for p in (d.spool / "done").iterdir()}
-        later = [n for n in finished if n.startswith("low") and finished[n] > finished["urgent"]]
-        assert len(later) >= 2, f"urgent should overtake queued jobs: {sorted(finished, key=finished.get)}"
+        later, order = _lows_after_urgent(d)
+        assert len(later) >= 2, f"urgent should overtake queued jobs: {order}"
+
+
+def _lows_after_urgent(d: SpooldProcess) -> tuple[list[str], list[str]]:
+    """Once `urgent` and low0-3 are done: the low jobs that finished after `urgent`, and the finishing order."""
+    for name in ("urgent", *(f"low{i}" for i in range(4))):
+        d.wait_finished(name, timeout=60)
+    finished = {p.name: json.loads((p / "batch.json").read_text())["spoold"]["updated_at"] for p in (d.spool / "done").iterdir()}
+    later = [n for n in finished if n.startswith("low") and finished[n] > finished["urgent"]]
+    return later, sorted(finished, key=finished.get)
 
 
 @pytestmark_slow
@@ -421,10 +426,6 @@ def test_jobs_are_started_ahead_of_a_free_slot_and_an_urgent_one_still_goes_firs
         wait_for(lambda: _active_now(d) == 1 and len(os.listdir(d.spool / "processing")) == 2, 30, what="one job fed, one started ahead")
         assert len(os.listdir(d.inbox)) == 4  # the other two wait in the inbox: no more than one job ahead
         drop_job(d.inbox, "urgent", [chat_line("u", "hi")], {"priority": 9})
-        d.wait_finished("urgent", timeout=60)
-        for i in range(4):
-            d.wait_finished(f"low{i}", timeout=60)
-        finished = {p.name: json.loads((p / "batch.json").read_text())["spoold"]["updated_at"] for p in (d.spool / "done").iterdir()}
-        later = [n for n in finished if n.startswith("low") and finished[n] > finished["urgent"]]
-        assert len(later) == 3, f"urgent should be fed right after the job running when it came: {sorted(finished, key=finished.get)}"
+        later, order = _lows_after_urgent(d)
+        assert len(later) == 3, f"urgent should be fed right after the job running when it came: {order}"
         assert d.stop() == 0
