@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE))
 from run import chat_body, run_vllm_run_batch, write_requests  # noqa: E402
 
 SECTIONS = ("vllm-job", "vllm-split", "pickup", "memory", "deep-inbox")
+IDLE_BETWEEN = 0.3  # seconds between two timed runs on one daemon
 
 
 class Daemon:
@@ -173,19 +174,24 @@ def section_vllm_job(work: Path, n: int, max_tokens: int, model_dir: Path, pairs
 
 def section_vllm_split(work: Path, max_tokens: int, pairs: int = 15) -> list[str]:
     rows = ["\n## The same 2,048 requests as 1 job and as 32 jobs of 64, dropped at once (real vLLM, model loaded)\n",
-            f"Run alternately {pairs} times on one warm daemon; each pair's ratio, then the median.\n",
+            f"Run alternately {pairs} times on one warm daemon, each from before its first file is written to the last job in done/, "
+            f"{IDLE_BETWEEN:g} s apart (so that a run does not start while the daemon still tidies up after the one before); "
+            "each pair's ratio, then the median.\n",
             "| pair | 1 job of 2048, s | 32 jobs of 64, s | 32 small vs 1 big |", "|---:|---:|---:|---:|"]  # fmt: skip
     d = warm_daemon(work, "vllm-split")
     lines = chat_lines(2048, max_tokens)
     runs = []
-    for k in range(pairs):
-        dropped = d.drop(f"one{k}", lines)
-        one_s = d.wait_done([f"one{k}"]) - dropped
+    for k in range(pairs):  # each shape timed from before its first write, from an idle daemon
+        started = time.monotonic()
+        d.drop(f"one{k}", lines)
+        one_s = d.wait_done([f"one{k}"]) - started
+        time.sleep(IDLE_BETWEEN)
         started = time.monotonic()
         names = [f"part{k}-{j:02d}" for j in range(32)]
         for j, name in enumerate(names):
             d.drop(name, lines[j * 64 : (j + 1) * 64])
         many_s = d.wait_done(names) - started
+        time.sleep(IDLE_BETWEEN)
         runs.append((one_s, many_s))
         rows.append(f"| {k + 1} | {one_s:.1f} | {many_s:.1f} | {one_s / many_s:.2f}x |")
     d.stop()
