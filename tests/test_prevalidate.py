@@ -105,7 +105,7 @@ def test_a_small_input_is_validated_in_the_worker_once_it_runs(tmp_path: Path) -
     try:
         assert pre.validate_aside(small, "tiny-random", lambda: pytest.fail("no worker: nothing to wait for")) is None
         pre.warm()
-        wait_for(lambda: pre._worker_up.done(), 60, what="the worker")
+        wait_for(pre._worker_running, 60, what="the worker")
         aside = pre.validate_aside(small, "tiny-random", lambda: True)
         assert aside is not None and aside == inline and (aside.lines, aside.invalid) == (6, 1)
         assert pre.validate_aside(tmp_path / "gone.jsonl", "tiny-random", lambda: True) is None  # failed there: inline

@@ -60,7 +60,7 @@ def test_a_running_daemon_feeds_the_engine_at_normal_priority_and_does_its_bookk
         d.wait_finished("job")
         threads = _task_priorities(d.proc.pid)
         assert threads[d.proc.pid] == (os.SCHED_OTHER, 0)  # the main loop
-        background = [tid for tid, prio in threads.items() if prio == (os.SCHED_BATCH, BACKGROUND_NICE)]
-        assert background  # the threads that claimed, started and finished the job
+        lowered = [tid for tid, prio in threads.items() if prio == (os.SCHED_BATCH, BACKGROUND_NICE)]
+        assert lowered  # the threads that claimed, started and finished the job
         assert set(threads.values()) <= {(os.SCHED_OTHER, 0), (os.SCHED_BATCH, BACKGROUND_NICE)}
         assert d.stop() == 0
