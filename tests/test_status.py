@@ -97,7 +97,9 @@ def test_cli_status_all_json_and_watch(tmp_path: Path) -> None:
     every = subprocess.run([*base, "--all", "--json"], capture_output=True, text=True, env=child_env(), timeout=60)
     assert len(json.loads(every.stdout)) == 27
 
-    watch = subprocess.Popen([*base, "--watch", "--json"], stdout=subprocess.PIPE, text=True, env=child_env())
+    # SIGINT as from a terminal: a test run started in the background (`cmd &` in a script) hands its children an ignored one
+    sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    watch = subprocess.Popen([*base, "--watch", "--json"], stdout=subprocess.PIPE, text=True, env=child_env(), preexec_fn=sigint)
     assert watch.stdout is not None
     first = json.loads(watch.stdout.readline())
     make_job(spool.root, "arrived")  # a job finishes between two refreshes
