@@ -130,7 +130,7 @@ def start_and_idle(config: Path, env: dict[str, str], idle: bool, wait_for: Path
 def rescan_seconds(spool: Path, env: dict[str, str]) -> float:
     """CPU time of one periodic handler rescan (HandlerDispatcher.resume), run in a child with `env`."""
     code = (
-        "import sys, time; from spoold.handler_runs import HandlerDispatcher\n"
+        "import sys, time; from spoold.service.handler_runs import HandlerDispatcher\n"
         "d = HandlerDispatcher([], 'bench'); t = time.process_time(); d.resume(sys.argv[1]); print(time.process_time() - t)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(spool)], capture_output=True, text=True, env=env, check=True, cwd=spool.parent)

@@ -78,7 +78,7 @@ def _hwm_mb(pid: int) -> float:
 
 PARSE_CODE = """
 import json, sys, time, tracemalloc
-from spoold.lines import parse_line
+from spoold.job.lines import parse_line
 mb = int(sys.argv[1])
 raw = (json.dumps({"custom_id": "x", "messages": [{"role": "user", "content": "word " * (mb * (1 << 20) // 5)}]}) + "\\n").encode()
 t = time.perf_counter(); parse_line(raw, 1, "m"); d = time.perf_counter() - t
@@ -123,7 +123,7 @@ def main() -> int:
         "|---|---:|---:|---:|---:|",
         *(f"| {name} | {r['wall']:.1f} | {r['peak_rss_mb']:.0f} | {r['completed']} | {r['failed']} |" for name, r in rows),
         "",
-        "## Parsing one line (spoold.lines.parse_line)",
+        "## Parsing one line (spoold.job.lines.parse_line)",
         "",
         "Memory allocated by the parse, on top of the raw line it was given (tracemalloc):",
         "",

@@ -181,7 +181,7 @@ def run_validate(work: Path, n: int) -> dict:
     path = work / "validate.jsonl"
     write_requests(path, n, 16)
     code = (
-        "import json, resource, sys, time; from pathlib import Path; from spoold.validate import validate_file\n"
+        "import json, resource, sys, time; from pathlib import Path; from spoold.job.validate import validate_file\n"
         "t = time.monotonic(); s = validate_file(Path(sys.argv[1]), 'tiny-random'); d = time.monotonic() - t\n"
         "print(json.dumps({'seconds': d, 'lines': s.lines, 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))"
     )

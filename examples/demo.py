@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from spoold.config import Config
-from spoold.spool import Spool
-from spoold.submit import submit
+from spoold.spool.layout import Spool
+from spoold.control.submit import submit
 from spoold.tinymodel import ensure_builtin
 
 ROOT = Path.cwd()

@@ -14,8 +14,8 @@ import sys
 
 sys.path.insert(0, os.getcwd())
 
-from spoold.gpu import GpuMonitor, gpu_health  # noqa: E402
-from spoold.metrics import Metrics  # noqa: E402
+from spoold.service.gpu import GpuMonitor, gpu_health  # noqa: E402
+from spoold.service.metrics import Metrics  # noqa: E402
 
 
 def main() -> int:

@@ -7,5 +7,5 @@
 - `records`, `retry`: durable run records in the job directory, and the backoff policy.
 - `examples/`: a worked `type: python` handler.
 
-The background dispatcher that runs them is `spoold.handler_runs`.
+The background dispatcher that runs them is `spoold.service.handler_runs`.
 """

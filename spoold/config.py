@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from spoold.durations import Seconds
 from spoold.errors import ConfigError, describe_validation_error, load_yaml_mapping
 from spoold.handlers.config import HandlerConfig
-from spoold.reader import MAX_LINE_BYTES
+from spoold.inputcheck import MAX_LINE_BYTES
 
 DEFAULT_CONFIG_PATH = Path("/etc/spoold/spoold.yaml")
 

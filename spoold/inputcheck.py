@@ -22,6 +22,9 @@ import os
 import stat
 from pathlib import Path
 
+MAX_LINE_BYTES = 16 << 20
+"""The default longest input line (`limits.max_line_bytes`)."""
+
 CHECKED = ("input.jsonl", "meta.yaml")
 REFUSED_SUFFIX = ".refused"
 ADVICE = "spoold reads only regular files with a single name: copy the file into inbox/, do not link it"

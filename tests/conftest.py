@@ -30,8 +30,8 @@ def tiny_state_dir(tmp_path_factory: pytest.TempPathFactory):
 def vllm_engine(tiny_state_dir):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from spoold.config import Config
-    from spoold.engine.vllm_backend import VllmEngine
-    from spoold.profiles import load_profiles
+    from spoold.engine.vllm.backend import VllmEngine
+    from spoold.engine.profiles import load_profiles
 
     config = Config.model_validate({"engine": {"state_dir": str(tiny_state_dir)}})
     engine = VllmEngine.load(config, load_profiles()["tiny-random"])
@@ -44,8 +44,8 @@ def embed_engine(tiny_state_dir):
     """The session's one pooling engine: the built-in tiny-embed model (embeddings, score, rerank)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from spoold.config import Config
-    from spoold.engine.vllm_backend import VllmEngine
-    from spoold.profiles import load_profiles
+    from spoold.engine.vllm.backend import VllmEngine
+    from spoold.engine.profiles import load_profiles
 
     config = Config.model_validate({"engine": {"state_dir": str(tiny_state_dir)}})
     engine = VllmEngine.load(config, load_profiles()["tiny-embed"])

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from spoold.handler_runs import HandlerDispatcher
+from spoold.service.handler_runs import HandlerDispatcher
 
 from spoold.handlers.base import Handler, HandlerEvent, PermanentHandlerError
 from spoold.handlers.config import AnyHandlerConfig, HandlerConfig

@@ -3,14 +3,14 @@ thread, so a test can crash it (a BaseException stands in for kill -9) at an exa
 
 from __future__ import annotations
 
-from spoold import lease as leases
-from spoold.active import ActiveJob, JobContext
+from spoold.spool import lease as leases
+from spoold.job.active import ActiveJob, JobContext
 from spoold.engine.base import Engine, EngineFailure
 from spoold.engine.loop import EngineLoop
-from spoold.jobcommit import close, commit, open_attempt
-from spoold.jobdir import JobDir
-from spoold.jobstart import start_job
-from spoold.keeper import LeaseKeeper
+from spoold.job.commit import close, commit, open_attempt
+from spoold.spool.jobdir import JobDir
+from spoold.job.start import start_job
+from spoold.daemon.keeper import LeaseKeeper
 
 
 class Hooks:

@@ -225,7 +225,7 @@ class LatestCheckpoint:
         self.state = Path(state)
 
     def _path(self):
-        from spoold.checkpoint import checkpoint_path, latest_gen
+        from spoold.job.checkpoint import checkpoint_path, latest_gen
 
         gen = latest_gen(self.state)
         return None if gen is None else checkpoint_path(self.state, gen)

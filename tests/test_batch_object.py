@@ -11,10 +11,10 @@ import pytest
 from openai.types import Batch
 from spoold_helpers import SpooldProcess, chat_line, drop_job, wait_for, LatestCheckpoint
 
-from spoold.batch import build_batch
-from spoold.checkpoint import Checkpoint
-from spoold.jobdir import JobRecord
-from spoold.validate import ValidationSummary
+from spoold.job.batch import build_batch
+from spoold.job.checkpoint import Checkpoint
+from spoold.spool.jobdir import JobRecord
+from spoold.job.validate import ValidationSummary
 
 ALL_STATUSES = ["validating", "in_progress", "finalizing", "completed", "failed", "cancelling", "cancelled"]
 

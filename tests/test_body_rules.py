@@ -13,8 +13,8 @@ from spoold_helpers import SpooldProcess, chat_line, child_env, drop_job, read_r
 
 from spoold.engine.base import EngineRequest
 from spoold.engine.sampling import SamplingError, sampling_kwargs
-from spoold.lines import LineError, parse_line
-from spoold.validate import validate_file
+from spoold.job.lines import LineError, parse_line
+from spoold.job.validate import validate_file
 
 BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
     ("chat", {"temperature": "hot"}, "temperature must be a number, got 'hot'"),
@@ -111,7 +111,7 @@ def test_cross_key_rule_waits_for_the_merged_defaults() -> None:
 
 
 def test_the_rules_do_not_import_vllm() -> None:
-    code = "import sys, spoold.lines, spoold.validate, spoold.engine.sampling; print('vllm' in sys.modules)"
+    code = "import sys, spoold.job.lines, spoold.job.validate, spoold.engine.sampling; print('vllm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), check=True)
     assert out.stdout.strip() == "False"
 

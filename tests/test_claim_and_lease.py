@@ -9,12 +9,12 @@ from pathlib import Path
 
 from spoold_helpers import chat_line, drop_job
 
-from spoold import lease as leases
-from spoold.claim import claim, recover_claims
+from spoold.spool import lease as leases
+from spoold.spool.claim import claim, recover_claims
 from spoold.fsutil import append_durably, truncate_to
-from spoold.jobdir import JobDir
-from spoold.spool import Spool
-from spoold.states import JobState, move_job
+from spoold.spool.jobdir import JobDir
+from spoold.spool.layout import Spool
+from spoold.spool.states import JobState, move_job
 
 
 def _claim_worker(root: str, node: str, start: mp.synchronize.Event, out: mp.Queue) -> None:  # type: ignore[name-defined]
@@ -162,11 +162,11 @@ def test_lease_is_kept_alive_while_the_loop_blocks(tmp_path: Path) -> None:
 
     from inline_driver import Hooks
 
-    from spoold.active import JobContext
+    from spoold.job.active import JobContext
     from spoold.config import Config
-    from spoold.jobstart import start_job
-    from spoold.keeper import LeaseKeeper
-    from spoold.profiles import load_profiles
+    from spoold.job.start import start_job
+    from spoold.daemon.keeper import LeaseKeeper
+    from spoold.engine.profiles import load_profiles
 
     spool = Spool(tmp_path)
     spool.init()

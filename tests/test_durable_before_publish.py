@@ -17,15 +17,15 @@ from handler_helpers import handler_config
 from inline_driver import Hooks, run_inline
 from spoold_helpers import assert_exactly_once, chat_line, drop_job
 
-from spoold import lease as leases
-from spoold.active import JobContext
-from spoold.claim import claim
+from spoold.spool import lease as leases
+from spoold.job.active import JobContext
+from spoold.spool.claim import claim
 from spoold.config import Config
 from spoold.engine.echo import EchoEngine
-from spoold.finish import FinishHooks
+from spoold.job.finish import FinishHooks
 from spoold.handlers.records import plan_runs
-from spoold.profiles import load_profiles
-from spoold.spool import Spool
+from spoold.engine.profiles import load_profiles
+from spoold.spool.layout import Spool
 
 MUST_BE_DURABLE = {"output.jsonl", "errors.jsonl", "batch.json", "job.json", "handlers.json"}
 
@@ -149,7 +149,7 @@ def test_a_finished_job_is_durable_when_published(tmp_path: Path, monkeypatch: p
 
 def test_the_watch_sees_a_missing_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The check above is not vacuous: without finish_job's folder fsyncs, the move is caught."""
-    import spoold.finish as finish
+    import spoold.job.finish as finish
 
     monkeypatch.setattr(finish, "fsync_dir", lambda path: None)
     spool = Spool(tmp_path)

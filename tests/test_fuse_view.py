@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, wait_for, LatestCheckpoint
 
-from spoold.lease import current
-from spoold.jobdir import JobDir
-from spoold.watcher import choose_mode
+from spoold.spool.lease import current
+from spoold.spool.jobdir import JobDir
+from spoold.spool.watcher import choose_mode
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +122,7 @@ def test_two_views_of_one_spool_fuse_and_real_with_takeovers(tmp_path: Path) -> 
 
 def _shard_owners(spool: Path) -> dict[int, str]:
     """Running shards of processing/big and their owners (lease holders)."""
-    from spoold.shards import load_plan, shard_dirs, shard_state
+    from spoold.job.shards.plan import load_plan, shard_dirs, shard_state
 
     job = JobDir(spool / "processing" / "big")
     plan = load_plan(job) if job.path.exists() else None

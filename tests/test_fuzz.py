@@ -19,10 +19,10 @@ from fuzz_lines import fuzz_lines, is_blank
 from spoold_helpers import SpooldProcess, read_records
 
 from spoold.engine.base import EngineRequest
-from spoold.lines import LineError, parse_raw_line
-from spoold.reader import read_lines
-from spoold.records import error_record, success_record
-from spoold.validate import validate_file
+from spoold.job.lines import LineError, parse_raw_line
+from spoold.job.reader import read_lines
+from spoold.job.records import error_record, success_record
+from spoold.job.validate import validate_file
 
 SEED = int(os.environ.get("SPOOLD_FUZZ_SEED", "16"))
 SCALE = int(os.environ.get("SPOOLD_FUZZ_SCALE", "1"))

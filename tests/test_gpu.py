@@ -1,4 +1,4 @@
-"""spoold.gpu against a fake NVML module, and against the real pynvml on a GPU-less host."""
+"""spoold.service.gpu against a fake NVML module, and against the real pynvml on a GPU-less host."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from spoold.gpu import GpuMonitor, GpuSample, gpu_health, visible_indices
-from spoold.metrics import Metrics
+from spoold.service.gpu import GpuMonitor, GpuSample, gpu_health, visible_indices
+from spoold.service.metrics import Metrics
 
 NOT_SUPPORTED = 3
 FUNCTION_NOT_FOUND = 13
@@ -42,7 +42,7 @@ class FakeGpu:
 
 @dataclass
 class FakeNVML:
-    """The slice of pynvml that spoold.gpu uses."""
+    """The slice of pynvml that spoold.service.gpu uses."""
 
     gpus: list[FakeGpu] = field(default_factory=list)
     init_error: Exception | None = None
@@ -122,7 +122,7 @@ def test_memory_used_comes_from_nvml_v2_and_leaves_reserved_memory_out() -> None
 def test_memory_falls_back_to_v1_where_the_driver_lacks_v2(missing: Exception, caplog: pytest.LogCaptureFixture) -> None:
     nvml = FakeNVML([FakeGpu(used=1 << 30, reserved=512 << 20), FakeGpu(used=2 << 30)], v2_error=missing)
     monitor = GpuMonitor(nvml=nvml, environ={})
-    with caplog.at_level(logging.INFO, logger="spoold.gpu"):
+    with caplog.at_level(logging.INFO, logger="spoold.service.gpu"):
         first = monitor.sample()
         again = monitor.sample()
     assert [s.memory_used_bytes for s in first] == [(1 << 30) + (512 << 20), 2 << 30] == [s.memory_used_bytes for s in again]
@@ -193,7 +193,7 @@ def test_health_gate_on_temperature() -> None:
 
 def test_nvml_init_failure_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
     nvml = FakeNVML(init_error=FakeNVMLError(9))
-    with caplog.at_level(logging.INFO, logger="spoold.gpu"):
+    with caplog.at_level(logging.INFO, logger="spoold.service.gpu"):
         monitor = GpuMonitor(nvml=nvml, environ={})
     assert not monitor.available and monitor.sample() == []
     assert [r.levelno for r in caplog.records] == [logging.INFO]
@@ -219,7 +219,7 @@ def test_real_pynvml_degrades_quietly_without_a_driver(caplog: pytest.LogCapture
     else:
         pynvml.nvmlShutdown()
         has_driver = True
-    with caplog.at_level(logging.DEBUG, logger="spoold.gpu"):
+    with caplog.at_level(logging.DEBUG, logger="spoold.service.gpu"):
         monitor = GpuMonitor()
     if has_driver:
         samples = monitor.sample()
@@ -240,10 +240,10 @@ def test_real_pynvml_degrades_quietly_without_a_driver(caplog: pytest.LogCapture
 def test_hot_gpu_pauses_the_daemon_until_it_cools(tmp_path: Path) -> None:
     """The health gate as the daemon loop sees it: a hot GPU means no new claims, and STATUS says why."""
     from spoold.config import Config
-    from spoold.daemon import Daemon
-    from spoold.notify import Notifier
-    from spoold.service import Service
-    from spoold.spool import Spool
+    from spoold.daemon.loop import Daemon
+    from spoold.service.notify import Notifier
+    from spoold.service.facade import Service
+    from spoold.spool.layout import Spool
 
     gpu = FakeGpu(temp=91)
     config = Config(spool_dir=tmp_path, engine={"backend": "echo"}, metrics={"listen": ""}, health={"max_gpu_temperature": 85})
@@ -275,19 +275,19 @@ def test_the_gpu_check_example_prints_readings_gate_and_gauges(monkeypatch: pyte
     import importlib.util
     from pathlib import Path
 
-    import spoold.gpu
+    import spoold.service.gpu
 
     spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parent.parent / "examples" / "gpu_check.py")
     assert spec is not None and spec.loader is not None
     check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check)
     nvml = FakeNVML([FakeGpu(), FakeGpu(temp=91)])
-    monkeypatch.setattr(spoold.gpu, "_import_pynvml", lambda: nvml)
+    monkeypatch.setattr(spoold.service.gpu, "_import_pynvml", lambda: nvml)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr("sys.argv", ["gpu_check.py", "90"])
     assert check.main() == 0
     out = capsys.readouterr().out
     assert "health gate: GPU 1 at 91°C (limit 90°C)" in out
     assert 'spoold_gpu_temperature_celsius{gpu="1"} 91.0' in out and 'spoold_gpu_memory_total_bytes{gpu="0"}' in out
-    monkeypatch.setattr(spoold.gpu, "_import_pynvml", lambda: None)
+    monkeypatch.setattr(spoold.service.gpu, "_import_pynvml", lambda: None)
     assert check.main() == 1

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, child_env, drop_job, wait_for
 
-from spoold.devices import devices_needed, does_not_fit, model_problem, site_problem, visible_devices
-from spoold.profiles import load_profiles
+from spoold.service.devices import devices_needed, does_not_fit, model_problem, site_problem, visible_devices
+from spoold.engine.profiles import load_profiles
 
 REPO = Path(__file__).resolve().parent.parent
 DROP_IN = REPO / "systemd" / "gpu-group.conf"

@@ -19,7 +19,7 @@ from handler_helpers import (  # noqa: F401 (make_dispatcher is a fixture)
     read_batch,
     read_runs,
 )
-from spoold.handler_runs import HandlerDispatcher, plan_runs
+from spoold.service.handler_runs import HandlerDispatcher, plan_runs
 
 
 @pytest.fixture(autouse=True)

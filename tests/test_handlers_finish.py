@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 from handler_helpers import RecordingHandler, handler_config, read_batch, read_runs
-from spoold.finish import FinishHooks, JobEnd, finish_job
-from spoold.handler_runs import HandlerDispatcher
-from spoold.jobdir import JobDir, JobRecord
+from spoold.job.finish import FinishHooks, JobEnd, finish_job
+from spoold.service.handler_runs import HandlerDispatcher
+from spoold.spool.jobdir import JobDir, JobRecord
 
 
 def processing_job(spool: Path, name: str) -> tuple[JobDir, JobRecord]:
@@ -24,7 +24,7 @@ def processing_job(spool: Path, name: str) -> tuple[JobDir, JobRecord]:
 
 
 def wire(hooks: FinishHooks, dispatcher: HandlerDispatcher) -> None:
-    """Exactly the wiring proposed for spoold.service.Service.wire_finish."""
+    """Exactly the wiring proposed for spoold.service.facade.Service.wire_finish."""
     hooks.before_move.append(lambda job, batch, selected: dispatcher.plan_runs(job.path, batch, selected))
     hooks.after_move.append(lambda job, batch, selected: dispatcher.job_finished(job.path, batch, selected))
 

@@ -9,7 +9,7 @@ import pytest
 
 from handler_helpers import RecordingHandler, handler_config, make_dispatcher, make_job, read_batch  # noqa: F401
 from spoold.errors import ConfigError
-from spoold.handler_runs import HandlerDispatcher
+from spoold.service.handler_runs import HandlerDispatcher
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from handler_helpers import (  # noqa: F401 (make_dispatcher is a fixture)
     read_runs,
 )
 from spoold.errors import ConfigError
-from spoold.handler_runs import HandlerDispatcher
+from spoold.service.handler_runs import HandlerDispatcher
 
 SECRET = "s3cret-value-for-tests"
 

@@ -13,12 +13,12 @@ import pytest
 import yaml
 
 from spoold import inputcheck
-from spoold.claim import claim
+from spoold.spool.claim import claim
 from spoold.handlers.base import HandlerError
 from spoold.handlers.config import CopyConfig
 from spoold.handlers.copy_files import CopyHandler
-from spoold.reader import read_lines
-from spoold.spool import Spool
+from spoold.job.reader import read_lines
+from spoold.spool.layout import Spool
 from spoold_helpers import SpooldProcess, chat_line, drop_job, wait_for, write_jsonl
 from handler_helpers import event_for, make_job
 
@@ -184,7 +184,7 @@ def test_copy_handler_never_copies_what_a_planted_symlink_points_to(tmp_path: Pa
 
 
 def test_requeue_copies_a_linked_input_and_refuses_a_refused_one(tmp_path: Path) -> None:
-    from spoold.control import requeue
+    from spoold.control.cancel import requeue
     from spoold.errors import SpooldError
 
     spool = Spool(tmp_path / "spool")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from spoold.engine.base import EngineRequest
-from spoold.lines import LineError, parse_line
+from spoold.job.lines import LineError, parse_line
 
 
 def parse(obj: object, line: int = 1, model: str = "m", **kw: bool) -> EngineRequest | LineError | None:
@@ -74,7 +74,7 @@ def test_error_keeps_custom_id_when_known() -> None:
 
 
 def test_record_lines_survive_splitlines() -> None:
-    from spoold.records import success_record
+    from spoold.job.records import success_record
 
     text = "a\u2028b\u2029c\x85d\x1ee\nf"
     line = success_record("x", {"choices": [{"text": text}]}).to_line().decode()

@@ -1,4 +1,4 @@
-"""spoold.logs: journald priority prefixes, plain text, JSON lines; idempotent setup."""
+"""spoold.service.logs: journald priority prefixes, plain text, JSON lines; idempotent setup."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import TextIO
 
 import pytest
 
-from spoold.logs import job_log, setup_logging, stream_is_journal
+from spoold.service.logs import job_log, setup_logging, stream_is_journal
 
 
 @pytest.fixture(autouse=True)

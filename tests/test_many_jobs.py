@@ -18,16 +18,16 @@ from inline_driver import Hooks, run_many
 from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, drop_job, read_records, wait_for, LatestCheckpoint
 from test_runner_crash import Crash, ShuffledEngine, make_ctx
 
-from spoold import lease as leases
-from spoold.claim import claim
+from spoold.spool import lease as leases
+from spoold.spool.claim import claim
 from spoold.config import Config
 from spoold.engine.echo import EchoEngine
 from spoold.engine.base import EngineRequest
 from spoold.engine.loop import EngineLoop
-from spoold.intake import Intake
-from spoold.readiness import ReadinessRule
-from spoold.scheduler import Candidate, ReadyQueue
-from spoold.spool import Spool
+from spoold.spool.intake import Intake
+from spoold.spool.readiness import ReadinessRule
+from spoold.spool.scheduler import Candidate, ReadyQueue
+from spoold.spool.layout import Spool
 
 # ---- pure: intake and ready queue ------------------------------------------------------------
 
@@ -82,7 +82,7 @@ def test_the_watcher_hints_arrivals_and_departures_not_reads_or_each_write(tmp_p
     are hinted; the daemon reading an inbox file (a sidecar peek) and each write(2) are not."""
     import threading
 
-    from spoold.watcher import InboxWatcher
+    from spoold.spool.watcher import InboxWatcher
 
     watcher = InboxWatcher(tmp_path, "inotify", threading.Event())
     watcher.start()

@@ -1,4 +1,4 @@
-"""spoold.metrics scraped over real HTTP and parsed by prometheus_client's own parser."""
+"""spoold.service.metrics scraped over real HTTP and parsed by prometheus_client's own parser."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from spoold.errors import ConfigError, SpooldError
-from spoold.gpu import GpuSample
-from spoold.metrics import Metrics, count_spool, effective_listen, parse_listen
+from spoold.service.gpu import GpuSample
+from spoold.service.metrics import Metrics, count_spool, effective_listen, parse_listen
 
 SPEC_FAMILIES = {  # SPEC section 8, without the GPU gauges: name (as parsed) -> type
     "spoold_jobs": "counter",

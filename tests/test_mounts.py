@@ -11,8 +11,8 @@ from pathlib import Path
 
 from spoold_helpers import SpooldProcess, chat_line, drop_job, read_records, wait_for
 
-from spoold.mounts import Mount, mount_of, parse_mountinfo, split_spool_problem
-from spoold.watcher import choose_mode
+from spoold.spool.mounts import Mount, mount_of, parse_mountinfo, split_spool_problem
+from spoold.spool.watcher import choose_mode
 
 MOUNTINFO = """\
 22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw

@@ -15,16 +15,16 @@ import pytest
 from inline_driver import Hooks
 from spoold_helpers import SpooldProcess, assert_exactly_once, chat_line, child_env, drop_job, wait_for, LatestCheckpoint
 
-from spoold import lease as leases
-from spoold import nodelock
-from spoold.active import JobContext
-from spoold.claim import claim
+from spoold.spool import lease as leases
+from spoold.spool import nodelock
+from spoold.job.active import JobContext
+from spoold.spool.claim import claim
 from spoold.config import Config
-from spoold.jobcommit import open_attempt
-from spoold.jobstart import start_job
-from spoold.nodelock import Holder, Me, NodeLost, NodeTaken, Verdict, judge
-from spoold.profiles import load_profiles
-from spoold.spool import Spool
+from spoold.job.commit import open_attempt
+from spoold.job.start import start_job
+from spoold.spool.nodelock import Holder, Me, NodeLost, NodeTaken, Verdict, judge
+from spoold.engine.profiles import load_profiles
+from spoold.spool.layout import Spool
 
 HERE = Me(host="h1", pid=100, scope="boot-a/pid:[1]", started=5000)
 

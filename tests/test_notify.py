@@ -1,4 +1,4 @@
-"""spoold.notify against a real unix datagram socket (what systemd listens on)."""
+"""spoold.service.notify against a real unix datagram socket (what systemd listens on)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from spoold.notify import Notifier
+from spoold.service.notify import Notifier
 from notify_listener import NotifyListener, NotifyMessage
 
 
@@ -158,7 +158,7 @@ def test_a_vanished_socket_is_logged_once_and_never_raises(caplog: pytest.LogCap
     with NotifyListener() as listener:
         env = listener.env()
     notifier = Notifier.from_env(env)
-    with caplog.at_level(logging.WARNING, logger="spoold.notify"):
+    with caplog.at_level(logging.WARNING, logger="spoold.service.notify"):
         for i in range(3):
             notifier.status(f"status {i}")
     assert len([r for r in caplog.records if "cannot notify systemd" in r.getMessage()]) == 1

@@ -11,7 +11,7 @@ import pytest
 
 import spoold.handlers.records as records_module
 from handler_helpers import RecordingHandler, handler_config, make_dispatcher, make_job  # noqa: F401 (fixture)
-from spoold.handler_runs import HandlerDispatcher, plan_runs
+from spoold.service.handler_runs import HandlerDispatcher, plan_runs
 from spoold.handlers import pending
 
 
@@ -144,8 +144,8 @@ def test_markers_of_jobs_still_processing_are_kept_and_of_vanished_jobs_dropped(
 
 def test_the_daemon_finds_runs_planned_by_spoold_cancel_via_the_index(tmp_path: Path) -> None:
     """`spoold cancel` of a queued job plans its runs; the daemon's rescan finds them through the index."""
-    from spoold.control import cancel
-    from spoold.spool import Spool
+    from spoold.control.cancel import cancel
+    from spoold.spool.layout import Spool
 
     spool = Spool(tmp_path)
     spool.init()

@@ -13,20 +13,20 @@ import pytest
 from inline_driver import Hooks, run_inline
 from spoold_helpers import SpooldProcess, chat_line, drop_job, read_records
 
-from spoold.active import JobContext
+from spoold.job.active import JobContext
 
-from spoold import lease as leases
-from spoold.claim import claim
+from spoold.spool import lease as leases
+from spoold.spool.claim import claim
 from spoold.config import Config
-from spoold.daemon import Daemon
+from spoold.daemon.loop import Daemon
 from spoold.engine.base import EngineRequest, EngineResult
 from spoold.engine.echo import EchoEngine
-from spoold.metrics import Metrics
-from spoold.gpu import GpuMonitor
-from spoold.notify import Notifier
-from spoold.profiles import load_profiles
-from spoold.service import Service
-from spoold.spool import Spool
+from spoold.service.metrics import Metrics
+from spoold.service.gpu import GpuMonitor
+from spoold.service.notify import Notifier
+from spoold.engine.profiles import load_profiles
+from spoold.service.facade import Service
+from spoold.spool.layout import Spool
 
 POISON = [
     "[" * 10_000,  # RecursionError in json

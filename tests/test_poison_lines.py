@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from spoold import lines as lines_module
+from spoold.job import lines as lines_module
 from spoold.engine.base import EngineRequest
-from spoold.lines import MAX_NESTING, SHOWN_CHARS, LineError, parse_line, parse_raw_line
-from spoold.reader import read_lines
-from spoold.records import error_record, success_record
-from spoold.validate import validate_file
+from spoold.job.lines import MAX_NESTING, SHOWN_CHARS, LineError, parse_line, parse_raw_line
+from spoold.job.reader import read_lines
+from spoold.job.records import error_record, success_record
+from spoold.job.validate import validate_file
 
 
 def nested(depth: int) -> bytes:

@@ -11,10 +11,10 @@ import pytest
 from spoold.config import Config
 from spoold.engine.base import EngineRequest
 from spoold.errors import ConfigError
-from spoold.lines import LineError, parse_line
-from spoold.profiles import TASK_KINDS, ModelProfile, load_profiles, resolve_model
-from spoold.validate import validate_file
-from spoold.validate_cli import validate_command
+from spoold.job.lines import LineError, parse_line
+from spoold.engine.profiles import TASK_KINDS, ModelProfile, load_profiles, resolve_model
+from spoold.job.validate import validate_file
+from spoold.cli.validate import validate_command
 
 EMBED = TASK_KINDS["embed"]
 GENERATE = TASK_KINDS["generate"]
@@ -156,7 +156,7 @@ def test_validating_pass_and_spoold_validate_check_the_new_kinds(tmp_path: Path,
 
 @pytest.mark.slow
 def test_the_pass_done_ahead_of_time_knows_the_models_kinds(tmp_path: Path) -> None:
-    from spoold.prevalidate import Prevalidator
+    from spoold.job.prevalidate import Prevalidator
     from spoold_helpers import wait_for
 
     big = tmp_path / "big.jsonl"

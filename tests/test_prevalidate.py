@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from spoold_helpers import SpooldProcess, chat_line, drop_job, read_records, wait_for, write_jsonl
 
-from spoold.prevalidate import Prevalidator
-from spoold.validate import validate_file
+from spoold.job.prevalidate import Prevalidator
+from spoold.job.validate import validate_file
 
 pytestmark = pytest.mark.slow
 

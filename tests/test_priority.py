@@ -8,8 +8,8 @@ from pathlib import Path
 
 from spoold_helpers import SpooldProcess, chat_line, drop_job
 
-from spoold.lanes import Lanes
-from spoold.prevalidate import Prevalidator
+from spoold.daemon.lanes import Lanes
+from spoold.job.prevalidate import Prevalidator
 from spoold.priority import BACKGROUND_NICE, background
 
 

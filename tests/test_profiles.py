@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from spoold.errors import ConfigError
-from spoold.profiles import ModelProfile, hf_snapshot, load_profiles, models_report, profile_available
+from spoold.engine.profiles import ModelProfile, hf_snapshot, load_profiles, models_report, profile_available
 from spoold.tinymodel import MARKER
 
 

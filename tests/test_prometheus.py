@@ -16,8 +16,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from spoold.gpu import GpuSample
-from spoold.metrics import Metrics
+from spoold.service.gpu import GpuSample
+from spoold.service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "etc" / "prometheus" / "spoold-alerts.yml"

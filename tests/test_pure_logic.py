@@ -6,14 +6,14 @@ import random
 
 import pytest
 
-from spoold.checkpoint import Checkpoint, Progress
+from spoold.job.checkpoint import Checkpoint, Progress
 from spoold.config import parse_config
 from spoold.errors import ConfigError, SidecarError
-from spoold.names import is_ignored, split_job_file, unique_name
-from spoold.readiness import FileStat, InboxEntry, ReadinessTracker, Verdict
-from spoold.scheduler import Candidate, pick
-from spoold.sidecar import parse_sidecar
-from spoold.validate import ValidationSummary, fatal_reason
+from spoold.spool.names import is_ignored, split_job_file, unique_name
+from spoold.spool.readiness import FileStat, InboxEntry, ReadinessTracker, Verdict
+from spoold.spool.scheduler import Candidate, pick
+from spoold.job.sidecar import parse_sidecar
+from spoold.job.validate import ValidationSummary, fatal_reason
 
 A = FileStat(10, 1)
 B = FileStat(20, 2)

@@ -13,8 +13,8 @@ from spoold_helpers import SpooldProcess, chat_line, drop_job, wait_for
 from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyEmitter
 
-from spoold.logs import VllmNoticeFilter
-from spoold.watcher import InboxWatcher, quiet_stop_race
+from spoold.service.logs import VllmNoticeFilter
+from spoold.spool.watcher import InboxWatcher, quiet_stop_race
 
 
 def test_watchdogs_stop_race_is_not_an_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -49,7 +49,7 @@ def test_vllm_configuration_notices_are_info_other_warnings_stay(caplog: pytest.
         ("vllm.platforms.cpu", "Triton is not installed. triton-cpu is expected on x86 CPUs.", "INFO"),
         ("vllm.config.vllm", "max_model_len is larger than the model allows", "WARNING"),
         ("vllm.v1.utils", "[shutdown] Process manager: force killing remaining processes count=1", "WARNING"),
-        ("spoold.daemon", notice, "WARNING"),  # only vLLM's own records
+        ("spoold.daemon.loop", notice, "WARNING"),  # only vLLM's own records
     ]
     filt = VllmNoticeFilter()
     for name, message, level in cases:

@@ -16,10 +16,10 @@ import yaml
 
 from handler_helpers import handler_config, make_job
 from spoold.config import RetentionConfig
-from spoold.handler_runs import plan_runs
-from spoold.prune import PeriodicPrune, PruneBusy, prune, trash_dir
-from spoold.retention import ended_at, is_due
-from spoold.spool_lock import SpoolLock
+from spoold.service.handler_runs import plan_runs
+from spoold.retention.prune import PeriodicPrune, PruneBusy, prune, trash_dir
+from spoold.retention.rules import ended_at, is_due
+from spoold.retention.lock import SpoolLock
 from spoold_helpers import SpooldProcess, child_env, wait_for
 
 DAY = 86400.0
@@ -130,8 +130,8 @@ def test_archive_moves_whole_jobs_and_a_cross_device_copy_is_resumed_after_a_cra
     # Another filesystem (rename says EXDEV): copied, then renamed in; a crash
     # after the copy is placed but before the trash entry is gone archives nothing twice.
     finished(spool, "a", 10)  # a new job of the same name
-    import spoold.prune as prune_module
-    import spoold.states as states_module
+    import spoold.retention.prune as prune_module
+    import spoold.spool.states as states_module
 
     real_rename = os.rename
 
@@ -275,7 +275,7 @@ def test_two_daemons_prune_one_spool_each_job_once_and_count_it(tmp_path: Path) 
 
 
 def test_the_daemons_pass_counts_pruned_jobs_in_metrics(tmp_path: Path) -> None:
-    from spoold.metrics import Metrics
+    from spoold.service.metrics import Metrics
 
     spool = tmp_path / "spool"
     finished(spool, "d1", 3)

@@ -11,16 +11,16 @@ import pytest
 from inline_driver import Hooks, run_inline, run_many
 from spoold_helpers import assert_exactly_once, chat_line, drop_job
 
-from spoold import lease as leases
-from spoold.checkpoint import load_checkpoint
-from spoold.claim import claim
-from spoold.jobdir import JobDir
+from spoold.spool import lease as leases
+from spoold.job.checkpoint import load_checkpoint
+from spoold.spool.claim import claim
+from spoold.spool.jobdir import JobDir
 from spoold.config import Config
 from spoold.engine.base import Engine, EngineRequest, EngineResult
 from spoold.engine.echo import EchoEngine
-from spoold.profiles import load_profiles
-from spoold.active import JobContext
-from spoold.spool import Spool
+from spoold.engine.profiles import load_profiles
+from spoold.job.active import JobContext
+from spoold.spool.layout import Spool
 
 
 class Crash(BaseException):
@@ -221,7 +221,7 @@ def test_ending_without_running_cuts_uncommitted_records(tmp_path: Path) -> None
 
 
 def test_finished_but_not_moved_is_moved_without_an_engine(tmp_path: Path) -> None:
-    from spoold.finish import FinishHooks
+    from spoold.job.finish import FinishHooks
 
     ids = [f"c{i}" for i in range(12)]
     spool, job = _claimed(tmp_path, [chat_line(c, "hi") for c in ids], {"chunk_size": 4})

@@ -11,19 +11,19 @@ from inline_driver import Hooks, run_many
 from spoold_helpers import assert_exactly_once, chat_line, drop_job, read_records
 from test_runner_crash import Crash, make_ctx
 
-from spoold import lease as leases
-from spoold import segments
-from spoold.active import ActiveJob
-from spoold.checkpoint import Checkpoint, latest_gen, load_checkpoint, save_checkpoint
-from spoold.claim import claim
+from spoold.spool import lease as leases
+from spoold.job import segments
+from spoold.job.active import ActiveJob
+from spoold.job.checkpoint import Checkpoint, latest_gen, load_checkpoint, save_checkpoint
+from spoold.spool.claim import claim
 from spoold.config import Config
 from spoold.engine.echo import EchoEngine
 from spoold.engine.loop import EngineLoop
-from spoold.jobcommit import close, commit
-from spoold.jobdir import JobDir
-from spoold.jobstart import start_job
-from spoold.shards import ShardDir, cut_spans, load_plan, shard_count, shard_dirs, shard_state
-from spoold.spool import Spool
+from spoold.job.commit import close, commit
+from spoold.spool.jobdir import JobDir
+from spoold.job.start import start_job
+from spoold.job.shards.plan import ShardDir, cut_spans, load_plan, shard_count, shard_dirs, shard_state
+from spoold.spool.layout import Spool
 
 
 # ---- the plan ------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_a_shard_that_fails_for_good_fails_the_job_and_stops_the_others(tmp_path
     custom = [r["custom_id"] for r in read_records(failed)]
     assert len(custom) == len(set(custom)), "what was done is kept, once"
     # requeued, it starts afresh (its shard state goes with the failed attempt) and runs to the end
-    from spoold.control import requeue
+    from spoold.control.cancel import requeue
 
     requeue(spool, "big")
     job, shards = _cut(spool, ctx)
@@ -367,13 +367,13 @@ def test_a_crash_after_a_segment_was_renamed_into_place_resumes_from_the_merged_
 def test_a_free_shard_and_an_inbox_job_are_taken_by_priority(tmp_path: Path, shard_priority: int, inbox_priority: int, first: str) -> None:
     import time
 
-    from spoold.daemon import Daemon
-    from spoold.gpu import GpuMonitor
-    from spoold.metrics import Metrics
-    from spoold.notify import Notifier
-    from spoold.service import Service
-    from spoold.shards import ShardPlan, save_plan
-    from spoold.validate import validate_file
+    from spoold.daemon.loop import Daemon
+    from spoold.service.gpu import GpuMonitor
+    from spoold.service.metrics import Metrics
+    from spoold.service.notify import Notifier
+    from spoold.service.facade import Service
+    from spoold.job.shards.plan import ShardPlan, save_plan
+    from spoold.job.validate import validate_file
     from spoold.fsutil import atomic_write_json
 
     config = Config(spool_dir=tmp_path, engine={"backend": "echo", "max_active_jobs": 1}, metrics={"listen": ""},

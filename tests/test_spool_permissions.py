@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from spoold import spoolperms
-from spoold.cli import main
+from spoold.spool import permissions as spoolperms
+from spoold.cli.main import main
 from spoold.fsutil import append_durably, atomic_write_bytes, truncate_to
-from spoold.spoolperms import Folder, problems, umask_problem, wanted_mode
+from spoold.spool.permissions import Folder, problems, umask_problem, wanted_mode
 from spoold_helpers import SpooldProcess, chat_line, drop_job, wait_for
 
 LAYOUT = ("inbox", "processing", "done", "failed")
@@ -213,7 +213,7 @@ def test_init_on_a_file_says_so_in_one_line_and_offers_no_fix(tmp_path: Path, ca
 
 
 def test_spool_init_used_by_tools_makes_the_same_modes(tmp_path: Path, umask_022) -> None:
-    from spoold.spool import Spool
+    from spoold.spool.layout import Spool
 
     Spool(tmp_path / "s").init()
     assert spoolperms.check(tmp_path / "s") == []

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import spoold.status as status_module
+import spoold.control.status as status_module
 from handler_helpers import make_job
-from spoold.census import count_spool
-from spoold.spool import Spool
-from spoold.status import RECENT_SHOWN, collect, count_jobs, render
+from spoold.spool.census import count_spool
+from spoold.spool.layout import Spool
+from spoold.control.status import RECENT_SHOWN, collect, count_jobs, render
 from spoold_helpers import child_env
 
 
@@ -110,7 +110,7 @@ def test_cli_status_all_json_and_watch(tmp_path: Path) -> None:
 
 
 def test_the_daemons_census_lists_a_folder_again_only_when_it_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import spoold.census as census_module
+    import spoold.spool.census as census_module
 
     spool = spool_with_history(tmp_path, done=50, failed=1)
     past = time.time() - 60
@@ -135,7 +135,7 @@ def test_the_daemons_census_lists_a_folder_again_only_when_it_changed(tmp_path: 
 
 
 def test_recent_jobs_come_from_the_notes_left_as_jobs_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from spoold import recent
+    from spoold.spool import recent
 
     spool = spool_with_history(tmp_path, done=40, failed=2)
     for i in (5, 7, 9):  # finished after the rest (e.g. the only ones since an upgrade) ...
@@ -163,7 +163,7 @@ def test_recent_jobs_come_from_the_notes_left_as_jobs_finish(tmp_path: Path, mon
 
 
 def test_notes_are_trimmed_per_state(tmp_path: Path) -> None:
-    from spoold import recent
+    from spoold.spool import recent
 
     spool_with_history(tmp_path, done=1, failed=1)
     for _ in range(2 * recent.KEEP + recent.TRIM_EVERY):
@@ -190,8 +190,8 @@ def test_the_daemon_notes_finished_jobs_for_status(tmp_path: Path) -> None:
 
 
 def test_a_job_that_leaves_while_status_looks_is_not_shown_half(tmp_path: Path) -> None:
-    from spoold.jobdir import JobDir
-    from spoold.states import JobState
+    from spoold.spool.jobdir import JobDir
+    from spoold.spool.states import JobState
 
     spool_with_history(tmp_path, done=1, failed=0)
     assert status_module._job_row(JobDir(tmp_path / "done" / "pruned-meanwhile"), JobState.DONE, time.time()) is None

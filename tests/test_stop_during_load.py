@@ -10,13 +10,13 @@ from typing import Any
 from notify_listener import NotifyListener
 
 from spoold.config import Config
-from spoold.daemon import Daemon
+from spoold.daemon.loop import Daemon
 from spoold.engine.echo import EchoEngine
-from spoold.gpu import GpuMonitor
-from spoold.metrics import Metrics
-from spoold.notify import Notifier
-from spoold.service import Service
-from spoold.spool import Spool
+from spoold.service.gpu import GpuMonitor
+from spoold.service.metrics import Metrics
+from spoold.service.notify import Notifier
+from spoold.service.facade import Service
+from spoold.spool.layout import Spool
 
 
 class _NoNVML:
@@ -28,7 +28,7 @@ class _NoNVML:
 
 
 def test_sigterm_during_a_model_load_extends_the_stop_timeout(tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr("spoold.service.STOP_EXTENSION_SECONDS", 0.6)
+    monkeypatch.setattr("spoold.service.facade.STOP_EXTENSION_SECONDS", 0.6)
     config = Config(spool_dir=tmp_path, engine={"backend": "echo"}, metrics={"listen": ""},
                     watch={"settle_seconds": 0.0, "poll_interval": 0.1})  # fmt: skip
     Spool(tmp_path).init()

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from spoold_helpers import SpooldProcess, chat_line, child_env, write_jsonl
 
-from spoold.spool import Spool
-from spoold.wait import Sighting, locate, outcome, progress_line
+from spoold.spool.layout import Spool
+from spoold.control.wait import Sighting, locate, outcome, progress_line
 
 
 def _batch(status: str, done: int, failed: int, total: int, **extra: object) -> dict:

@@ -89,7 +89,7 @@ def test_a_model_without_a_tool_parser_takes_tools_only_with_tool_choice_none() 
 def test_validating_pass_checks_tool_shapes_offline(tmp_path: Path) -> None:
     from spoold_helpers import chat_line, write_jsonl
 
-    from spoold.validate import validate_file
+    from spoold.job.validate import validate_file
 
     example = Path(__file__).resolve().parent.parent / "examples" / "function-calling.jsonl"
     summary = validate_file(example, "tiny-random")
@@ -112,7 +112,7 @@ def test_validating_pass_checks_tool_shapes_offline(tmp_path: Path) -> None:
 
 def test_sidecar_sampling_takes_template_kwargs_and_reasoning_effort() -> None:
     from spoold.errors import SidecarError
-    from spoold.sidecar import parse_sidecar
+    from spoold.job.sidecar import parse_sidecar
 
     sidecar = parse_sidecar("sampling:\n  chat_template_kwargs: {enable_thinking: false}\n  reasoning_effort: low\n")
     assert sidecar.sampling == {"chat_template_kwargs": {"enable_thinking": False}, "reasoning_effort": "low"}
@@ -243,7 +243,7 @@ class FakeLLM:
 def test_engine_wiring_renders_constrains_and_parses(tokenizer: Any) -> None:
     from openai.types.chat import ChatCompletion
 
-    from spoold.engine.vllm_backend import VllmEngine
+    from spoold.engine.vllm.backend import VllmEngine
     from spoold.tinymodel import CHAT_TEMPLATE
 
     script = {"named?": CALL_TEXT, "auto?": CALL_TEXT, "none?": CALL_TEXT, "think?": "<think>Hmm.</think>Four."}
@@ -284,7 +284,7 @@ def test_engine_wiring_renders_constrains_and_parses(tokenizer: Any) -> None:
 def test_engine_wiring_with_a_reasoning_parser(tokenizer: Any) -> None:
     from openai.types.chat import ChatCompletion
 
-    from spoold.engine.vllm_backend import VllmEngine
+    from spoold.engine.vllm.backend import VllmEngine
 
     llm = FakeLLM(tokenizer, {"think?": "<think>Hmm, 2+2.</think>Four.", "call?": "<think>Use it.</think>" + CALL_TEXT})
     engine = VllmEngine("thinker", llm, {}, tool_call_parser="hermes", reasoning_parser="qwen3")

@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 @pytest.fixture(scope="module")
 def rerank_engine(tiny_state_dir: Path) -> Any:
     from spoold.config import Config
-    from spoold.engine.vllm_backend import VllmEngine
-    from spoold.profiles import load_profiles
+    from spoold.engine.vllm.backend import VllmEngine
+    from spoold.engine.profiles import load_profiles
 
     config = Config.model_validate({"engine": {"state_dir": str(tiny_state_dir)}})
     engine = VllmEngine.load(config, load_profiles()["tiny-rerank"])

@@ -257,8 +257,8 @@ def test_abort_by_key_drops_only_those_requests(tiny_engine: Any) -> None:
 def test_unknown_engine_argument_is_a_model_load_error(tiny_state_dir: Path) -> None:
     from spoold.config import Config
     from spoold.engine.base import ModelLoadError
-    from spoold.engine.vllm_backend import VllmEngine
-    from spoold.profiles import load_profiles
+    from spoold.engine.vllm.backend import VllmEngine
+    from spoold.engine.profiles import load_profiles
 
     config = Config.model_validate({"engine": {"state_dir": str(tiny_state_dir), "engine_args": {"no_such_arg": 1}}})
     with pytest.raises(ModelLoadError, match="unknown vLLM engine argument.*no_such_arg"):
@@ -306,7 +306,7 @@ def test_a_loaded_engine_hides_its_startup_heap_from_the_collector(tiny_engine: 
 def test_close_gives_the_frozen_heap_back_to_the_collector() -> None:
     from types import SimpleNamespace
 
-    from spoold.engine.vllm_backend import VllmEngine
+    from spoold.engine.vllm.backend import VllmEngine
 
     was_frozen = gc.get_freeze_count() > 0
     gc.freeze()

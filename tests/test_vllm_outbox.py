@@ -1,4 +1,4 @@
-"""The burst into vLLM (engine/vllm_outbox.py): pure, no vLLM needed."""
+"""The burst into vLLM (engine/vllm/outbox.py): pure, no vLLM needed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from spoold.engine.vllm_outbox import Outbox
+from spoold.engine.vllm.outbox import Outbox
 
 
 def test_flush_hands_over_in_order_and_a_refused_lines_later_requests_stay_out() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from spoold.config import Config
 from spoold.engine.base import Engine, ModelLoadError
-from spoold.profiles import ModelProfile
+from spoold.engine.profiles import ModelProfile
 
 
 def load_engine(config: Config, profile: ModelProfile) -> Engine:
@@ -14,7 +14,7 @@ def load_engine(config: Config, profile: ModelProfile) -> Engine:
 
         return EchoEngine(profile.name)
     try:
-        from spoold.engine.vllm_backend import VllmEngine
+        from spoold.engine.vllm.backend import VllmEngine
     except ImportError as exc:
         raise ModelLoadError(f"the vllm backend is not installed ({exc}); install spoold[cpu] or spoold[gpu]") from None
     return VllmEngine.load(config, profile)

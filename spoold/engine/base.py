@@ -17,6 +17,16 @@ from typing import Any, Literal
 RequestKind = Literal["chat", "completion", "embeddings", "score", "rerank"]
 """The url kinds of SPEC section 4: generating (chat, completion) and pooling (the rest)."""
 
+# The line `url` that asks for each kind of request (SPEC section 4).
+URL_KINDS: dict[str, RequestKind] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+    "/v1/embeddings": "embeddings",
+    "/v1/score": "score",
+    "/v1/rerank": "rerank",
+}
+KIND_URLS: dict[RequestKind, str] = {kind: url for url, kind in URL_KINDS.items()}
+
 
 @dataclass(frozen=True)
 class EngineRequest:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from spoold.engine.base import AUTO_WINDOW, Engine, EngineRequest, EngineResult
-from spoold.faults import add_or_reject
+from spoold.engine.faults import add_or_reject
 
 FILL_BUDGET = 1000
 """Lines read per fill before the loop steps (bounded, so long runs of bad lines still reach the beat)."""

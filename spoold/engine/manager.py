@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager, nullcontext
 from spoold.config import Config
 from spoold.engine import load_engine
 from spoold.engine.base import Engine
-from spoold.profiles import ModelProfile
+from spoold.engine.profiles import ModelProfile
 
 log = logging.getLogger(__name__)
 

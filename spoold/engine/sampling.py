@@ -1,7 +1,7 @@
 """OpenAI request body -> vLLM SamplingParams keyword arguments.
 
 Pure (no vllm import) so it is unit-tested in milliseconds. The rules for each
-key (types, ranges, known and unsupported keys) are `spoold.body_rules`, the
+key (types, ranges, known and unsupported keys) are `spoold.engine.body_rules`, the
 same rules the validating pass applies to each line before inference; this
 module only maps. Precedence, lowest first: spoold's defaults, the profile's
 `sampling`, the sidecar's `sampling`, the line's own body (the last two arrive
@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from spoold import body_rules
-from spoold.body_rules import MAX_LOGPROBS, SAMPLING_KEYS, RuleError
+from spoold.engine import body_rules
+from spoold.engine.body_rules import MAX_LOGPROBS, SAMPLING_KEYS, RuleError
 
 __all__ = ["DEFAULT_MAX_TOKENS", "MAX_LOGPROBS", "SAMPLING_KEYS", "SamplingError", "check_defaults", "sampling_field", "sampling_kwargs"]
 

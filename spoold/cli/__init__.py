@@ -1,0 +1,1 @@
+"""The `spoold` command: one module per command group; main parses and dispatches."""

@@ -1,0 +1,69 @@
+"""Keep claimed jobs' leases fresh and notice cancels, on a thread of its own.
+
+The main thread may block (a model load takes minutes) and the job I/O thread
+may be busy; leases must not lapse meanwhile, or another daemon would take
+the jobs over. Findings are flags on the job (`lost`, `cancel`), which the
+main thread acts on at its next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from spoold.spool import lease as leases
+from spoold.job.active import ActiveJob
+from spoold.job.commit import renew
+
+log = logging.getLogger(__name__)
+
+
+class LeaseKeeper:
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._jobs: dict[str, ActiveJob] = {}
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, job: ActiveJob) -> None:
+        with self._lock:
+            self._jobs[job.name] = job
+
+    def remove(self, job: ActiveJob) -> None:
+        with self._lock:
+            if self._jobs.get(job.name) is job:
+                del self._jobs[job.name]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def check(self) -> None:
+        """One pass over the jobs (the thread's body; tests call it directly)."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            if job.lost:
+                continue
+            try:
+                if not job.cancel and job.job.cancel_requested():
+                    failed = getattr(job.job, "failed_marker", None)
+                    why = "another shard of this job failed: stopping" if failed is not None and failed.exists() else "cancelling as asked"
+                    log.info(why, extra={"job": job.name})
+                    job.cancel = True
+                renew(job)
+            except leases.LeaseLost as exc:
+                log.error("%s; leaving it to its new owner", exc, extra={"job": job.name})
+                job.lost = True
+            except OSError as exc:  # a passing NFS error: keep trying, a lapse would invite a takeover
+                log.warning("renewing the lease of %s failed (%s); retrying", job.name, exc.strerror)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            self.check()

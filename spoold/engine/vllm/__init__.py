@@ -1,0 +1,1 @@
+"""The vLLM backend: the engine (backend), its load, the outbox of finished requests, pooling tasks (embed, score, rerank)."""

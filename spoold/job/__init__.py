@@ -1,0 +1,1 @@
+"""One job's life: sidecar, lines and body checks, the validating passes, reader, writer, checkpoint, segments, records, the batch object, the active job, start, commit, finish, shards. Imports spool/ and engine/."""

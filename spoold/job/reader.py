@@ -1,0 +1,64 @@
+"""Stream an input file line by line with byte offsets, never loading it whole, nor one line past a limit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+"""Default `max_line_bytes` (16 MiB): a 1M-token prompt as text (~4 MB) or as token ids (~7 MB) fits
+with room to spare; parsing a line costs about twice its size again (benchmarks/long_line.md)."""
+SKIP_BLOCK = 64 << 10
+"""Bytes read at a time while skipping the rest of a line that is too long."""
+
+from spoold.inputcheck import MAX_LINE_BYTES, safe_opener
+
+
+@dataclass(frozen=True)
+class RawLine:
+    number: int
+    offset: int
+    end: int
+    """Offset just past this line (its newline included): where the next line starts."""
+    data: bytes
+    """The line's bytes with its newline; empty for a line over the limit (`too_long`)."""
+    unterminated: bool
+    too_long: int | None = None
+    """For a line longer than the limit: that limit (its bytes were skipped, never held whole)."""
+
+    @property
+    def size(self) -> int:
+        """The line's length in bytes, its newline not counted."""
+        return self.end - self.offset - (0 if self.unterminated else 1)
+
+
+def read_lines(path: Path, start_offset: int = 0, start_line: int = 1, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[RawLine]:
+    """Lines from `start_offset` on. A line of more than `max_line_bytes` bytes (its newline not
+    counted) comes back as a `too_long` RawLine with its exact offsets; memory stays bounded by
+    the limit whatever the file holds."""
+    with open(path, "rb", opener=safe_opener) as fh:  # never a symlink, FIFO or second name
+        fh.seek(start_offset)
+        offset, number = start_offset, start_line
+        while True:
+            data = fh.readline(max_line_bytes + 1)
+            if not data:
+                return
+            if len(data) > max_line_bytes and not data.endswith(b"\n"):  # max + 1 bytes, no newline yet
+                skipped, terminated = _skip_rest(fh)
+                end = offset + len(data) + skipped
+                yield RawLine(number, offset, end, b"", not terminated, too_long=max_line_bytes)
+            else:
+                end = offset + len(data)
+                yield RawLine(number, offset, end, data, not data.endswith(b"\n"))
+            offset, number = end, number + 1
+
+
+def _skip_rest(fh: BinaryIO) -> tuple[int, bool]:
+    """Read past the rest of the current line in bounded blocks: bytes skipped, and whether a newline ended it."""
+    skipped = 0
+    while True:
+        block = fh.readline(SKIP_BLOCK)
+        skipped += len(block)
+        if not block or block.endswith(b"\n"):
+            return skipped, bool(block)

@@ -1,0 +1,1 @@
+"""Where jobs live on disk: the spool's layout and names, the inbox watch and readiness, the claim, leases, the node lock, job states and folders, mounts, permissions, census. Imports only spoold's foundation modules (errors, fsutil, config, ...)."""
