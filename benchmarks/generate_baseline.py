@@ -11,9 +11,8 @@ import time
 
 
 def main() -> None:
-    from vllm import LLM, SamplingParams
-
     from run import chat_body
+    from vllm import LLM, SamplingParams
 
     n, max_tokens, model = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     started = time.monotonic()

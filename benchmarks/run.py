@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -237,10 +236,14 @@ def main() -> int:
         rows.append(f"\n## Real vLLM, tiny-random, {n} chat requests x {mt} tokens (seeded sampling)\n")
         rows.append("| runner | wall s (incl. model load) | inference s | generated tokens | generated tok/s (inference) | checkpoints |")
         rows.append("|---|---:|---:|---:|---:|---:|")
-        rows.append(f"| spoold daemon (window 256, chunk 256) | {sp['wall']:.1f} | {sp['running']:.1f} | {sp['completion_tokens']} | {sp['completion_tokens'] / sp['running']:.0f} | {sp['chunks']} |")
+        rows.append(
+            f"| spoold daemon (window 256, chunk 256) | {sp['wall']:.1f} | {sp['running']:.1f} | {sp['completion_tokens']} | {sp['completion_tokens'] / sp['running']:.0f} | {sp['chunks']} |"
+        )
         failed = f" ({rb['errors']} requests failed)" if rb["errors"] else ""
         rows.append(f"| vLLM run_batch (whole file at once){failed} | {rb['wall']:.1f} | - | {rb['completion_tokens']} | - | 0 |")
-        rows.append(f"| LLM.generate, one call (ceiling) | {gen['load'] + gen['generate']:.1f} | {gen['generate']:.1f} | {gen['completion_tokens']} | {gen['completion_tokens'] / gen['generate']:.0f} | 0 |")
+        rows.append(
+            f"| LLM.generate, one call (ceiling) | {gen['load'] + gen['generate']:.1f} | {gen['generate']:.1f} | {gen['completion_tokens']} | {gen['completion_tokens'] / gen['generate']:.0f} | 0 |"
+        )
 
         rows += embeddings_section(work, args.embed_requests, state)
 

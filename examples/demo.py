@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from spoold.config import Config
-from spoold.spool.layout import Spool
 from spoold.control.submit import submit
+from spoold.spool.layout import Spool
 from spoold.tinymodel import ensure_builtin
 
 ROOT = Path.cwd()
@@ -174,8 +174,10 @@ def main() -> int:
     print(f"{'job':<28} {'status':<10} {'requests':>8} {'ok':>4} {'err':>4} {'tokens':>7} {'seconds':>8} {'tok/s':>8}")
     for job in results:
         print(job_row(job))
-    print(f"\nall {len(results)} jobs finished {wall:.1f} s after the daemon started (model load included; "
-          "'seconds' above is inference time only)")
+    print(
+        f"\nall {len(results)} jobs finished {wall:.1f} s after the daemon started (model load included; "
+        "'seconds' above is inference time only)"
+    )
     print("\nOne answer per job (the tiny model has random weights: gibberish, but real tokens through real vLLM):")
     for job in results:
         for line in job_samples(job):

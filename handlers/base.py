@@ -76,5 +76,5 @@ class Handler(ABC):
     def handle(self, event: HandlerEvent) -> None:
         """Deliver one finished job; return on success, raise on failure."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook with a no-op default)
         """Release resources when the daemon stops; the default does nothing."""

@@ -131,10 +131,12 @@ class PythonConfig(HandlerBase):
 
 
 HandlerConfig = Annotated[
-    Union[WebhookConfig, ExecConfig, CopyConfig, PythonConfig],
+    WebhookConfig | ExecConfig | CopyConfig | PythonConfig,
     Field(discriminator="type"),
 ]
 """One item of `handlers:`; pick the model by its `type`."""
 
-AnyHandlerConfig = Union[WebhookConfig, ExecConfig, CopyConfig, PythonConfig]
+AnyHandlerConfig = Union[  # noqa: UP007 (a runtime union object for pydantic's TypeAdapter)
+    WebhookConfig, ExecConfig, CopyConfig, PythonConfig
+]
 """The same union without the discriminator, for plain annotations."""

@@ -53,9 +53,7 @@ class ExecHandler(Handler):
                 code = proc.wait(timeout=self.config.timeout)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
-                raise HandlerError(
-                    f"{program} timed out after {self.config.timeout:g}s and was killed{_tail_suffix(stderr)}"
-                ) from None
+                raise HandlerError(f"{program} timed out after {self.config.timeout:g}s and was killed{_tail_suffix(stderr)}") from None
             if code != 0:
                 raise HandlerError(f"{program} {_describe_exit(code)}{_tail_suffix(stderr)}")
             tail = read_tail(stderr)
@@ -117,4 +115,3 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-

@@ -149,4 +149,3 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(f"config {path} is not UTF-8 text") from None
     return parse_config(text, str(path))
-

@@ -66,4 +66,3 @@ def load_yaml_mapping(text: str | bytes, what: str, error: type[SpooldError]) ->
     if not isinstance(data, dict):
         raise error(f"{what} must be a YAML mapping (key: value lines)")
     return data
-

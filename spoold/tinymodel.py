@@ -43,7 +43,7 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% if tools %}"
     "{{ '<|system|>\nYou may call these functions. To call one, answer '"
-    " + '<tool_call>{\"name\": NAME, \"arguments\": {...}}</tool_call>\n<tools>\n' }}"
+    ' + \'<tool_call>{"name": NAME, "arguments": {...}}</tool_call>\n<tools>\n\' }}'
     "{% for tool in tools %}{{ (tool | tojson) + '\n' }}{% endfor %}"
     "{{ '</tools><|end|>\n' }}"
     "{% endif %}"
@@ -170,9 +170,7 @@ def _train_tokenizer() -> Any:
     tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
     bos_id = tokenizer.token_to_id(BOS)
     # Completion prompts get a BOS like Llama's; the chat template writes its own.
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
-    )
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)])
     return tokenizer
 
 

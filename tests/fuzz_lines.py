@@ -31,14 +31,17 @@ def random_json(rng: random.Random, depth: int = 0) -> Any:
     if kind == 1:
         return rng.choice([True, False])
     if kind == 2:
-        return rng.choice([0, -1, 2**63, -(2**64), rng.randrange(-10**6, 10**6)])
+        return rng.choice([0, -1, 2**63, -(2**64), rng.randrange(-(10**6), 10**6)])
     if kind == 3:
         return rng.choice([0.0, -0.5, 1e308, 5e-324, rng.random()])
     if kind == 4:
         return "".join(rng.choice(["a", " ", "é", "\u2028", "\U0001f600", "\x00", '"', "\\"]) for _ in range(rng.randrange(6)))
     if kind in (5, 6):
         return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
-    return {rng.choice(["custom_id", "url", "body", "messages", "prompt", "model", "x"]): random_json(rng, depth + 1) for _ in range(rng.randrange(4))}
+    return {
+        rng.choice(["custom_id", "url", "body", "messages", "prompt", "model", "x"]): random_json(rng, depth + 1)
+        for _ in range(rng.randrange(4))
+    }
 
 
 def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -97,7 +100,9 @@ def odd_encoding(rng: random.Random, base: dict[str, Any]) -> bytes:
         at = rng.randrange(len(raw) + 1)
         return raw[:at] + rng.choice(ODD_BYTES) + raw[at:]
     quote = text.find('"', text.find(":"))  # inside the first string value
-    return (text[: quote + 1] + rng.choice(["\\ud800", "\\udc00x", "\\ud83d\\ude00", "\\u0000", "\\uD800\\uD800"]) + text[quote + 1 :]).encode()
+    return (
+        text[: quote + 1] + rng.choice(["\\ud800", "\\udc00x", "\\ud83d\\ude00", "\\u0000", "\\uD800\\uD800"]) + text[quote + 1 :]
+    ).encode()
 
 
 def truncated(rng: random.Random, base: dict[str, Any]) -> bytes:

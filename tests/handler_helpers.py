@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from spoold.service.handler_runs import HandlerDispatcher
-
 from spoold.handlers.base import Handler, HandlerEvent, PermanentHandlerError
 from spoold.handlers.config import AnyHandlerConfig, HandlerConfig
+from spoold.service.handler_runs import HandlerDispatcher
 
 FAST_RETRY: dict[str, Any] = {"initial_backoff": 0.01, "max_backoff": 0.05, "jitter": 0.0}
 

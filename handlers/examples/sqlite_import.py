@@ -44,11 +44,7 @@ class SQLiteImporter(Handler):
 
     def handle(self, event: HandlerEvent) -> None:
         batch_id = str(event.batch.get("id", event.job))
-        rows = [
-            _row(batch_id, event.job, record)
-            for path in (event.output, event.errors)
-            for record in _records(path)
-        ]
+        rows = [_row(batch_id, event.job, record) for path in (event.output, event.errors) for record in _records(path)]
         # timeout: wait for a lock held by a reader instead of failing at once.
         connection = sqlite3.connect(self.database, timeout=30)
         try:

@@ -12,8 +12,8 @@ from pathlib import Path
 from spoold import __version__
 from spoold.config import Config, load_config
 from spoold.errors import SpooldError
-from spoold.spool.mounts import split_spool_problem
 from spoold.spool.layout import Spool
+from spoold.spool.mounts import split_spool_problem
 
 USER_ERROR = 2
 
@@ -214,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("submit", cmd_submit, "drop a job into the inbox safely (temp name, rename; sidecar last)")
     p.add_argument("file", help="the FILE.jsonl of requests")
     p.add_argument("--model", help="model profile name or local model directory")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="sidecar setting, e.g. sampling.max_tokens=64 (repeatable)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="sidecar setting, e.g. sampling.max_tokens=64 (repeatable)"
+    )
     p.add_argument("--name", help="job name (default: the file's stem)")
     p.add_argument("--sidecar", help="sidecar YAML to start from (default: FILE.yaml beside the input, if any)")
     p.add_argument("--wait", action="store_true", help="show progress until the job ends; exit 0 only if it completed")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from spoold.config import Config
-from spoold.errors import SpooldError
-from spoold.spool.names import INPUT_SUFFIX, SIDECAR_SUFFIX
 from spoold.engine.profiles import load_profiles, resolve_model
+from spoold.errors import SpooldError
 from spoold.job.sidecar import Sidecar, parse_sidecar
 from spoold.job.validate import fatal_reason, validate_file
+from spoold.spool.names import INPUT_SUFFIX, SIDECAR_SUFFIX
 
 
 def validate_command(config: Config, path: Path, sidecar_path: Path | None) -> int:
@@ -27,7 +27,9 @@ def validate_command(config: Config, path: Path, sidecar_path: Path | None) -> i
         sidecar = parse_sidecar(text, {h.name for h in config.handlers})
     model = sidecar.model or config.engine.default_model
     profile = resolve_model(model, load_profiles(config.engine.model_dirs))
-    summary = validate_file(path.resolve(), model, max_line_bytes=config.max_line_bytes, serves=profile.serves)  # a user's own symlink is fine here; the daemon never follows one
+    summary = validate_file(
+        path.resolve(), model, max_line_bytes=config.max_line_bytes, serves=profile.serves
+    )  # a user's own symlink is fine here; the daemon never follows one
     for error in summary.errors:
         print(f"line {error.line}: {error.code}: {error.message}")
     if summary.invalid > len(summary.errors):

@@ -6,17 +6,17 @@ import os
 import shutil
 from pathlib import Path
 
-from spoold.spool import recent
-from spoold.spool.claim import claim
 from spoold.errors import NoSuchJob, SidecarError, SpooldError
-from spoold.job.finish import FinishHooks, JobEnd, finish_job
 from spoold.fsutil import atomic_write_bytes, fsync_dir
 from spoold.handlers.config import AnyHandlerConfig
 from spoold.handlers.records import plan_runs
-from spoold.spool.jobdir import JobDir
-from spoold.spool.names import INPUT_SUFFIX, SIDECAR_SUFFIX
+from spoold.job.finish import FinishHooks, JobEnd, finish_job
 from spoold.job.sidecar import Sidecar, parse_sidecar
+from spoold.spool import recent
+from spoold.spool.claim import claim
+from spoold.spool.jobdir import JobDir
 from spoold.spool.layout import Spool
+from spoold.spool.names import INPUT_SUFFIX, SIDECAR_SUFFIX
 from spoold.spool.states import JobState
 
 
@@ -89,5 +89,3 @@ def _sidecar_or_default(job: JobDir) -> Sidecar:
         return parse_sidecar(job.meta.read_bytes()) if job.meta.exists() else Sidecar()
     except (SidecarError, OSError):
         return Sidecar()
-
-

@@ -10,17 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spoold.spool import lease as leases
-from spoold.spool import recent
 from spoold.errors import SidecarError
 from spoold.fsutil import mtime_or_now, read_json
-from spoold.spool.jobdir import JobDir
-from spoold.spool.census import SETTLE_NS, count_folder, count_spool, job_mtimes
-from spoold.spool.names import SIDECAR_SUFFIX, is_ignored
-from spoold.spool.readiness import FileStat, InboxEntry
 from spoold.job.shards.status import shard_rows
 from spoold.job.sidecar import parse_sidecar
+from spoold.spool import lease as leases
+from spoold.spool import recent
+from spoold.spool.census import SETTLE_NS, count_folder, count_spool, job_mtimes
+from spoold.spool.jobdir import JobDir
 from spoold.spool.layout import Spool
+from spoold.spool.names import SIDECAR_SUFFIX, is_ignored
+from spoold.spool.readiness import FileStat, InboxEntry
 from spoold.spool.states import JobState
 
 RECENT_SHOWN = 20
@@ -65,8 +65,13 @@ class WatchCache:
 
 
 def collect(
-    spool: Spool, default_model: str, name: str | None = None, now: float | None = None, *,
-    show_all: bool = False, cache: WatchCache | None = None,
+    spool: Spool,
+    default_model: str,
+    name: str | None = None,
+    now: float | None = None,
+    *,
+    show_all: bool = False,
+    cache: WatchCache | None = None,
 ) -> list[dict[str, Any]]:
     """Rows for every active job (inbox, processing) and the recent finished ones (`show_all`: every one).
 
@@ -158,7 +163,7 @@ def render(rows: list[dict[str, Any]], spool: Spool, counts: dict[str, int] | No
             shard_line = [part, "", s["status"], "", f"{s['done']}/{s['lines']}", "", "", s["node"] or "-"]
             table.append(shard_line + ([""] if with_handlers else []))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(columns))]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in table]
     return head + "\n" + "\n".join(lines)
 
 
@@ -214,7 +219,9 @@ def _job_row(job: JobDir, state: JobState, now: float) -> dict[str, Any] | None:
             node = node or "?"
     started = extra.get("claimed_at") or mtime_or_now(job.path)
     done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
-    row = _row(job.name, state.value, status, batch.get("model"), done, counts.get("total"), extra.get("rate_per_second"), now - started, node)
+    row = _row(
+        job.name, state.value, status, batch.get("model"), done, counts.get("total"), extra.get("rate_per_second"), now - started, node
+    )
     row["handlers"] = {name: run.get("status") for name, run in (extra.get("handlers") or {}).items()}
     shards = shard_rows(job, now) if state is JobState.PROCESSING else extra.get("shards")
     if shards:
@@ -225,7 +232,9 @@ def _job_row(job: JobDir, state: JobState, now: float) -> dict[str, Any] | None:
     return row
 
 
-def _row(name: str, state: str, status: str, model: str | None, done: int, total: int | None, rate: float | None, age: float, node: str | None) -> dict[str, Any]:
+def _row(
+    name: str, state: str, status: str, model: str | None, done: int, total: int | None, rate: float | None, age: float, node: str | None
+) -> dict[str, Any]:
     return {"name": name, "state": state, "status": status, "model": model, "done": done, "total": total,
             "rate": rate, "age_seconds": round(max(age, 0.0), 1), "node": node, "handlers": {}}  # fmt: skip
 
@@ -239,4 +248,3 @@ def _age(seconds: float) -> str:
     if seconds < 172800:
         return f"{seconds // 3600}h"
     return f"{seconds // 86400}d"
-

@@ -13,9 +13,9 @@ import yaml
 
 from spoold.errors import SpooldError
 from spoold.fsutil import atomic_write_text, fsync_dir
-from spoold.spool.names import INPUT_SUFFIX, SIDECAR_SUFFIX, is_ignored
 from spoold.job.sidecar import parse_sidecar
 from spoold.spool.layout import Spool
+from spoold.spool.names import INPUT_SUFFIX, SIDECAR_SUFFIX, is_ignored
 
 
 def apply_settings(data: dict[str, Any], settings: list[str]) -> dict[str, Any]:

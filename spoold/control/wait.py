@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from spoold.errors import SpooldError
-from spoold.spool.names import INPUT_SUFFIX
 from spoold.spool.layout import Spool
+from spoold.spool.names import INPUT_SUFFIX
 
 LOST_AFTER_SECONDS = 300.0
 """Not in the inbox, processing/, done/ or failed/ for this long: someone moved it away."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from spoold.spool import lease as leases
 from spoold.job.active import ActiveJob
 from spoold.job.commit import renew
+from spoold.spool import lease as leases
 
 log = logging.getLogger(__name__)
 

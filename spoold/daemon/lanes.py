@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from spoold.priority import background

@@ -22,38 +22,39 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 
-from spoold.spool import claim as claims
-from spoold.spool import lease as leases
-from spoold.service import devices
-from spoold.spool import nodelock, permissions as spoolperms
-from spoold.job.active import ActiveJob, JobContext
 from spoold.config import Config, load_config
-from spoold.engine import load_engine
-from spoold.engine.base import EngineFailure, ModelLoadError
-from spoold.engine.loop import EngineLoop, resolve_window
-from spoold.engine.manager import EngineManager, Loader
-from spoold.errors import SidecarError, SpooldError
-from spoold.engine.faults import one_line
-from spoold.job.finish import FinishHooks
-from spoold.inputcheck import read_regular
-from spoold.spool.intake import Intake
-from spoold.job.commit import close, commit, open_attempt
-from spoold.spool.jobdir import JobDir
-from spoold.job.start import end_job, give_up_run, start_job
 from spoold.daemon.keeper import LeaseKeeper
 from spoold.daemon.lanes import Lanes, Turnstile
-from spoold.spool.mounts import split_spool_problem
-from spoold.spool.names import INPUT_SUFFIX, SIDECAR_SUFFIX
-from spoold.job.prevalidate import Prevalidator
-from spoold.priority import background
-from spoold.engine.profiles import load_profiles
-from spoold.spool.readiness import ReadinessRule, Verdict
-from spoold.spool.scheduler import Candidate
-from spoold.service.facade import Service
 from spoold.daemon.resume import find_resumable
+from spoold.engine import load_engine
+from spoold.engine.base import EngineFailure, ModelLoadError
+from spoold.engine.faults import one_line
+from spoold.engine.loop import EngineLoop, resolve_window
+from spoold.engine.manager import EngineManager, Loader
+from spoold.engine.profiles import load_profiles
+from spoold.errors import SidecarError, SpooldError
+from spoold.inputcheck import read_regular
+from spoold.job.active import ActiveJob, JobContext
+from spoold.job.commit import close, commit, open_attempt
+from spoold.job.finish import FinishHooks
+from spoold.job.prevalidate import Prevalidator
 from spoold.job.shards.plan import ShardDir, load_plan
 from spoold.job.sidecar import Sidecar, parse_sidecar
+from spoold.job.start import end_job, give_up_run, start_job
+from spoold.priority import background
+from spoold.service import devices
+from spoold.service.facade import Service
+from spoold.spool import claim as claims
+from spoold.spool import lease as leases
+from spoold.spool import nodelock
+from spoold.spool import permissions as spoolperms
+from spoold.spool.intake import Intake
+from spoold.spool.jobdir import JobDir
 from spoold.spool.layout import Spool
+from spoold.spool.mounts import split_spool_problem
+from spoold.spool.names import INPUT_SUFFIX, SIDECAR_SUFFIX
+from spoold.spool.readiness import ReadinessRule, Verdict
+from spoold.spool.scheduler import Candidate
 from spoold.spool.watcher import InboxWatcher
 
 log = logging.getLogger(__name__)
@@ -379,7 +380,9 @@ class Daemon:
                 return None  # another daemon won the claim
             job, lease = claimed
             if choice.verdict is Verdict.NO_SIDECAR:
-                fail_reason = f"no sidecar {name}{SIDECAR_SUFFIX} arrived within {self.config.watch.orphan_seconds:g} s (watch.require_sidecar is on)"
+                fail_reason = (
+                    f"no sidecar {name}{SIDECAR_SUFFIX} arrived within {self.config.watch.orphan_seconds:g} s (watch.require_sidecar is on)"
+                )
                 record = job.load_record()
                 record.pending_failure = record.pending_failure or fail_reason  # a crash before it is finished must not run it
                 job.save_record(record)
@@ -617,7 +620,9 @@ class Daemon:
     def _find_resumable(self, now: float) -> list[_Choice]:
         """processing/ jobs and shards this daemon may take now (resumable.py)."""
         mine = {j.name for j in self.active + self.waiting} | set(self.starting) | {c.name for c in self.closing}
-        found = find_resumable(self.spool, self.node, self.config.lease_seconds, mine, self._not_before, self._peek_file, self._too_big, now)
+        found = find_resumable(
+            self.spool, self.node, self.config.lease_seconds, mine, self._not_before, self._peek_file, self._too_big, now
+        )
         return [_Choice(r.candidate, None, r.job, r.lease) for r in found]
 
     def _too_big(self, name: str, model: str | None) -> bool:

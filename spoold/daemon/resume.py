@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from spoold.spool import lease as leases
 from spoold.fsutil import mtime_or_now
-from spoold.spool.jobdir import JobDir
-from spoold.spool.scheduler import Candidate
 from spoold.job.shards.end import mergeable
 from spoold.job.shards.plan import ShardPlan, load_plan, shard_dirs, shard_state
+from spoold.spool import lease as leases
+from spoold.spool.jobdir import JobDir
 from spoold.spool.layout import Spool
+from spoold.spool.scheduler import Candidate
 from spoold.spool.states import JobState
 
 PeekFile = Callable[[str, Path], tuple[int, "str | None"]]

@@ -109,5 +109,5 @@ class Engine(ABC):
     def abort_all(self) -> None:
         """Drop every unfinished request (on stop or cancel); they are re-run on resume."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: an engine without resources keeps the default)
         """Release the model (and its GPU memory)."""

@@ -118,7 +118,7 @@ NAMED_TOOL_CHOICE = '{"type": "function", "function": {"name": "..."}}'
 
 def template_kwargs(key: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise RuleError(f"{key} must be an object (e.g. {{\"enable_thinking\": false}})")
+        raise RuleError(f'{key} must be an object (e.g. {{"enable_thinking": false}})')
     return value
 
 
@@ -136,7 +136,7 @@ def tools(key: str, value: Any) -> list[str]:
     for i, tool in enumerate(value):
         where = f"{key}[{i}]"
         if not isinstance(tool, dict) or tool.get("type", "function") != "function":
-            raise RuleError(f"{where} must be an object with type \"function\"")
+            raise RuleError(f'{where} must be an object with type "function"')
         function = tool.get("function")
         if not isinstance(function, dict):
             raise RuleError(f"{where}.function must be an object with a name")
@@ -172,7 +172,7 @@ def json_schema(key: str, value: Any) -> dict[str, Any]:
 
 
 def tool_choice(key: str, value: Any, tool_names: list[str] | None) -> str | None:
-    """"none" | "auto" | "required" | a named function among `tool_names`; returns the named function or None."""
+    """ "none" | "auto" | "required" | a named function among `tool_names`; returns the named function or None."""
     if isinstance(value, str):
         if value not in TOOL_CHOICES:
             raise RuleError(f"{key} must be none, auto, required or {NAMED_TOOL_CHOICE}, got {_short(value)}")
@@ -242,8 +242,7 @@ COPIED: dict[str, Callable[[str, Any], Any]] = {
 """Keys copied to SamplingParams under the same name, each with its check."""
 
 MAPPED = frozenset(
-    {"max_tokens", "max_completion_tokens", "logprobs", "top_logprobs", "response_format", "chat_template_kwargs",
-     "reasoning_effort"}
+    {"max_tokens", "max_completion_tokens", "logprobs", "top_logprobs", "response_format", "chat_template_kwargs", "reasoning_effort"}
 )
 """Keys the engine maps rather than copies (the last two go to the chat template, see engine/tools.py)."""
 
@@ -251,14 +250,23 @@ SAMPLING_KEYS = frozenset(COPIED) | MAPPED
 """Every key allowed in a profile's or a sidecar's `sampling` defaults."""
 
 IGNORED = frozenset(
-    {"model", "messages", "prompt", "user", "stream", "stream_options", "metadata", "store", "service_tier",
-     "add_generation_prompt"}
+    {"model", "messages", "prompt", "user", "stream", "stream_options", "metadata", "store", "service_tier", "add_generation_prompt"}
 )
 """Known keys that carry no sampling meaning (the prompt, bookkeeping, streaming in a batch)."""
 
 UNSUPPORTED = frozenset(
-    {"functions", "function_call", "echo", "suffix", "best_of", "audio",
-     "modalities", "prediction", "web_search_options", "logit_bias_type"}
+    {
+        "functions",
+        "function_call",
+        "echo",
+        "suffix",
+        "best_of",
+        "audio",
+        "modalities",
+        "prediction",
+        "web_search_options",
+        "logit_bias_type",
+    }
 )
 """`functions` / `function_call` are OpenAI's deprecated forms of `tools` / `tool_choice` (vLLM refuses them too)."""
 
@@ -287,9 +295,7 @@ _TOOL_KEYS: dict[str, Callable[[str, Any, str | None], Any]] = {
     "parallel_tool_calls": lambda n, v, k: boolean(n, v),
 }
 """Chat-only body keys (not sampling defaults)."""
-_BODY_KEYS: dict[str, Callable[[str, Any, str | None], Any] | None] = {
-    **dict.fromkeys(IGNORED), **_VALUE_CHECKS, **_TOOL_KEYS
-}
+_BODY_KEYS: dict[str, Callable[[str, Any, str | None], Any] | None] = {**dict.fromkeys(IGNORED), **_VALUE_CHECKS, **_TOOL_KEYS}
 """Every known body key: its check, or None for keys without sampling meaning (one lookup per key)."""
 
 

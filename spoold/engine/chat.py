@@ -35,9 +35,7 @@ def render(
     if chat_template is not None:
         extra["chat_template"] = chat_template
     try:
-        text = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
-        )
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra)
     except (ValueError, TypeError, KeyError, IndexError, _template_error()) as exc:
         raise ChatRejected(f"chat template: {_one_line(exc)}") from None
     # The template already wrote BOS and friends: do not add them twice.

@@ -33,4 +33,6 @@ def add_or_reject(engine: Engine, request: EngineRequest) -> EngineResult | None
         raise
     except Exception as exc:  # noqa: BLE001 - judged per request; the summary goes in its record
         log.debug("request on line %d could not enter the engine", request.line, exc_info=True)
-        return EngineResult(request.key, request.custom_id, error=EngineError("invalid_request", f"the engine refused this request: {one_line(exc)}"))
+        return EngineResult(
+            request.key, request.custom_id, error=EngineError("invalid_request", f"the engine refused this request: {one_line(exc)}")
+        )

@@ -110,7 +110,7 @@ def _score_input_problem(key: str, value: Any, *, allow_list: bool) -> str | Non
         if isinstance(item, dict) and isinstance(item.get("content"), list):
             continue
         what = "a string or a list of strings" if allow_list else "a string"
-        return f"{key} must be {what} (or {{\"content\": [...]}} parts)"
+        return f'{key} must be {what} (or {{"content": [...]}} parts)'
     return None
 
 

@@ -207,10 +207,7 @@ def models_report(profiles: dict[str, ModelProfile], state_dir: Path) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-        for row in rows
-    )
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows)
 
 
 def _load_one(path: Path) -> ModelProfile:

@@ -94,9 +94,7 @@ def chat_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
                 "token": t.token,
                 "logprob": _finite(t.logprob),
                 "bytes": _token_bytes(t.token),
-                "top_logprobs": [
-                    {"token": tok, "logprob": _finite(lp), "bytes": _token_bytes(tok)} for tok, lp in t.top
-                ],
+                "top_logprobs": [{"token": tok, "logprob": _finite(lp), "bytes": _token_bytes(tok)} for tok, lp in t.top],
             }
             for t in tokens
         ]

@@ -80,9 +80,7 @@ def sampling_kwargs(
 def _max_tokens(merged: Mapping[str, Any], kind: Kind, prompt_tokens: int, max_model_len: int) -> int:
     room = max_model_len - prompt_tokens
     if room < 1:
-        raise SamplingError(
-            f"prompt is {prompt_tokens} tokens but the model allows {max_model_len} in total; no room to generate"
-        )
+        raise SamplingError(f"prompt is {prompt_tokens} tokens but the model allows {max_model_len} in total; no room to generate")
     key = "max_completion_tokens" if kind == "chat" and "max_completion_tokens" in merged else "max_tokens"
     requested = body_rules.max_tokens(key, merged[key]) if key in merged else DEFAULT_MAX_TOKENS
     return min(requested, room)

@@ -86,9 +86,7 @@ class ChatTooling:
             return plan
         request = self._parser(request, kwargs).adjust_request(request)
         if request.structured_outputs is not None:
-            plan.structured_outputs = {
-                k: v for k in _STRUCTURED_FIELDS if (v := getattr(request.structured_outputs, k, None)) is not None
-            }
+            plan.structured_outputs = {k: v for k in _STRUCTURED_FIELDS if (v := getattr(request.structured_outputs, k, None)) is not None}
         if request.skip_special_tokens is False:
             plan.skip_special_tokens = False
         plan.request = request
@@ -149,16 +147,14 @@ def template_kwargs(merged: Mapping[str, Any], model: str, *, reasoning: bool) -
     effort = merged.get("reasoning_effort")
     if effort is not None:
         if not reasoning:
-            raise ToolsRejected(
-                f"reasoning_effort: model {model} is not a reasoning model (its profile names no reasoning_parser)"
-            )
+            raise ToolsRejected(f"reasoning_effort: model {model} is not a reasoning model (its profile names no reasoning_parser)")
         kwargs["reasoning_effort"] = effort
         kwargs.setdefault("enable_thinking", effort != "none")
     return kwargs
 
 
 def tool_choice_kind(tool_choice: Any, has_tools: bool) -> str:
-    """"none" | "auto" | "required" | "named" (a vLLM request's tool_choice, or a body's)."""
+    """ "none" | "auto" | "required" | "named" (a vLLM request's tool_choice, or a body's)."""
     if not has_tools or tool_choice in (None, "none"):
         return "none"
     if isinstance(tool_choice, str):

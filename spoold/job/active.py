@@ -22,21 +22,20 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
-from spoold.spool import lease as leases
-from spoold.job.batch import chunk_count
-from spoold.job.checkpoint import Checkpoint, Progress
 from spoold.config import Config
 from spoold.engine.base import EngineRequest, EngineResult
-from spoold.job.finish import FinishHooks
-from spoold.spool.jobdir import JobDir, JobRecord
-from spoold.job.lines import LineError
 from spoold.engine.profiles import ModelProfile
+from spoold.job.batch import chunk_count
+from spoold.job.checkpoint import Checkpoint, Progress
+from spoold.job.finish import FinishHooks
+from spoold.job.lines import LineError
 from spoold.job.reader import RawLine, read_lines
 from spoold.job.records import BatchRecord, error_record, success_record
 from spoold.job.sidecar import Sidecar
 from spoold.job.validate import ValidationSummary, judge
 from spoold.job.writer import ResultWriter
-
+from spoold.spool import lease as leases
+from spoold.spool.jobdir import JobDir, JobRecord
 
 MAX_PENDING_CUTS = 4
 """Cuts of one job that may wait for their commit before the job is fed no more."""

@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from spoold.job.checkpoint import Checkpoint
-from spoold.spool.jobdir import JobRecord
 from spoold.job.validate import ValidationSummary
+from spoold.spool.jobdir import JobRecord
 
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 _FINAL_FIELD = {"completed": "completed_at", "failed": "failed_at", "cancelled": "cancelled_at"}

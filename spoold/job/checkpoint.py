@@ -60,7 +60,9 @@ class Checkpoint(BaseModel):
         if gen == self.gen:
             return self.model_copy()
         inherited = {g: sizes for g, sizes in self.segments().items() if sizes != (0, 0)}
-        return self.model_copy(update={"gen": gen, "inherited": inherited, "output_bytes": 0, "errors_bytes": 0, "outcome": None, "reason": None})
+        return self.model_copy(
+            update={"gen": gen, "inherited": inherited, "output_bytes": 0, "errors_bytes": 0, "outcome": None, "reason": None}
+        )
 
 
 class Progress:

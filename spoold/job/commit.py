@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 import time
 
-from spoold.spool import lease as leases
+from spoold.engine.faults import one_line
+from spoold.fsutil import atomic_write_json
 from spoold.job.active import ActiveJob, Cut
 from spoold.job.batch import build_batch
 from spoold.job.checkpoint import save_checkpoint
-from spoold.engine.faults import one_line
 from spoold.job.finish import JobEnd
-from spoold.fsutil import atomic_write_json
-from spoold.job.start import end_job, give_up_run
-from spoold.job.shards.status import live_batch
 from spoold.job.shards.plan import ShardDir
+from spoold.job.shards.status import live_batch
+from spoold.job.start import end_job, give_up_run
+from spoold.spool import lease as leases
 
 log = logging.getLogger(__name__)
 
@@ -134,5 +134,25 @@ def close(active: ActiveJob, cut: Cut, how: str, reason: str | None = None) -> s
         end = give_up_run(active.job, record, reason or "engine error", active.ctx.config)
         if end is None:
             return None
-        return end_job(active.ctx, active.job, record, end, active.sidecar, active.model, active.checkpoint, active.validation, own_gen=active.lease.gen)
-    return end_job(active.ctx, active.job, record, JobEnd(how), active.sidecar, active.model, active.checkpoint, active.validation, own_gen=active.lease.gen)
+        return end_job(
+            active.ctx,
+            active.job,
+            record,
+            end,
+            active.sidecar,
+            active.model,
+            active.checkpoint,
+            active.validation,
+            own_gen=active.lease.gen,
+        )
+    return end_job(
+        active.ctx,
+        active.job,
+        record,
+        JobEnd(how),
+        active.sidecar,
+        active.model,
+        active.checkpoint,
+        active.validation,
+        own_gen=active.lease.gen,
+    )

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spoold.fsutil import atomic_write_json, fsync_dir
 from spoold.job.batch import build_batch
 from spoold.job.checkpoint import Checkpoint
-from spoold.fsutil import atomic_write_json, fsync_dir
-from spoold.spool.jobdir import JobDir, JobRecord
 from spoold.job.segments import discard
-from spoold.spool.states import JobState, move_job
 from spoold.job.validate import ValidationSummary
+from spoold.spool.jobdir import JobDir, JobRecord
+from spoold.spool.states import JobState, move_job
 
 log = logging.getLogger(__name__)
 

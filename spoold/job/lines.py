@@ -19,9 +19,8 @@ from typing import Any
 from spoold.engine import body_rules
 from spoold.engine.base import KIND_URLS, URL_KINDS, EngineRequest, RequestKind
 from spoold.engine.faults import one_line
-from spoold.job.reader import RawLine
 from spoold.engine.pooling_bodies import PROBLEMS as POOLING_PROBLEMS
-
+from spoold.job.reader import RawLine
 
 MAX_NESTING = 128
 """Deepest nesting of [ and { a line may have. Real requests (JSON schemas included) stay far
@@ -160,9 +159,7 @@ def _lone_surrogate(value: str) -> str | None:
     return None
 
 
-def _request_from_object(
-    obj: dict[str, Any], line: int, job_model: str, serves: Collection[str] | None
-) -> EngineRequest | LineError:
+def _request_from_object(obj: dict[str, Any], line: int, job_model: str, serves: Collection[str] | None) -> EngineRequest | LineError:
     if "url" in obj or "body" in obj or "method" in obj:
         custom_id = obj.get("custom_id", f"line-{line}")
         cid = custom_id if isinstance(custom_id, str) else None

@@ -17,9 +17,9 @@ from collections.abc import Callable, Collection
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from pathlib import Path
 
-from spoold.priority import background
 from spoold.job.reader import MAX_LINE_BYTES
 from spoold.job.validate import ValidationSummary, validate_file
+from spoold.priority import background
 
 log = logging.getLogger(__name__)
 

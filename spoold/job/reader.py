@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-"""Default `max_line_bytes` (16 MiB): a 1M-token prompt as text (~4 MB) or as token ids (~7 MB) fits
-with room to spare; parsing a line costs about twice its size again (benchmarks/long_line.md)."""
+from spoold.inputcheck import MAX_LINE_BYTES, safe_opener
+
+__all__ = ["MAX_LINE_BYTES", "RawLine", "read_lines"]
+
 SKIP_BLOCK = 64 << 10
 """Bytes read at a time while skipping the rest of a line that is too long."""
-
-from spoold.inputcheck import MAX_LINE_BYTES, safe_opener
 
 
 @dataclass(frozen=True)

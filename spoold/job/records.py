@@ -10,7 +10,6 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
-
 _LINE_BREAKERS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
 SAFE_DEPTH = 200
 """In the fallback writer, values nested deeper than this are replaced by a note."""
@@ -47,7 +46,11 @@ class BatchRecord(BaseModel):
 
     def _plain(self) -> dict[str, Any]:
         """The record as plain values, without pydantic (which refused to write it)."""
-        response = self.response and {"status_code": self.response.status_code, "request_id": self.response.request_id, "body": self.response.body}
+        response = self.response and {
+            "status_code": self.response.status_code,
+            "request_id": self.response.request_id,
+            "body": self.response.body,
+        }
         error = self.error and {"code": self.error.code, "message": self.error.message, "line": self.error.line}
         return {"id": self.id, "custom_id": self.custom_id, "response": response, "error": error}
 

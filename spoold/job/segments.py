@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from spoold.job.checkpoint import Checkpoint
 from spoold.fsutil import FILE_MODE, fsync_dir, truncate_to, write_all
+from spoold.job.checkpoint import Checkpoint
 from spoold.spool.jobdir import STATE_DIR
 
 KINDS = ("output", "errors")

@@ -9,6 +9,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from spoold.engine.sampling import sampling_field
 from spoold.errors import SidecarError, describe_validation_error, load_yaml_mapping
 
+
 def _stringify(value: Any) -> Any:
     """metadata is a string map; `year: 2026` in YAML should not be a user error."""
     if not isinstance(value, dict):
@@ -56,4 +57,3 @@ def parse_sidecar(text: str | bytes, handler_names: set[str] | None = None) -> S
             known = ", ".join(sorted(handler_names)) or "none configured"
             raise SidecarError(f"invalid sidecar: unknown handler(s) {', '.join(unknown)} (configured: {known})")
     return sidecar
-

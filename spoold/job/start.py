@@ -13,26 +13,26 @@ import logging
 import os
 import time
 
-from spoold.spool import lease as leases
-from spoold.spool import nodelock
+from spoold.config import Config
+from spoold.engine.profiles import resolve_model
+from spoold.errors import SidecarError, UnknownModel
+from spoold.fsutil import atomic_write_json, read_json
+from spoold.inputcheck import read_regular
 from spoold.job.active import ActiveJob, JobContext
 from spoold.job.checkpoint import Checkpoint, load_checkpoint
-from spoold.config import Config
-from spoold.errors import SidecarError, UnknownModel
 from spoold.job.finish import JobEnd, finish_job
+from spoold.job.lines import LineError
+from spoold.job.reader import read_lines
+from spoold.job.records import error_record
 from spoold.job.segments import merge
 from spoold.job.shards.end import record_outcome, try_merge
 from spoold.job.shards.plan import ShardDir, ShardPlan, cut_spans, load_plan, save_plan, shard_count, shard_dirs
-from spoold.fsutil import atomic_write_json, read_json
-from spoold.inputcheck import read_regular
-from spoold.spool.jobdir import JobDir, JobRecord
-from spoold.job.lines import LineError
-from spoold.engine.profiles import resolve_model
-from spoold.job.reader import read_lines
-from spoold.job.records import error_record
 from spoold.job.sidecar import Sidecar, parse_sidecar
 from spoold.job.validate import ValidationInterrupted, ValidationSummary, fatal_reason, judge, validate_file
 from spoold.job.writer import ResultWriter
+from spoold.spool import lease as leases
+from spoold.spool import nodelock
+from spoold.spool.jobdir import JobDir, JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ def start_job(ctx: JobContext, job: JobDir, lease: leases.Lease, fail_reason: st
     sidecar = Sidecar()
     if rec.status in ("completed", "failed", "cancelled"):  # finished, but the crash came before the final rename
         sidecar = _sidecar_or_default(job, ctx)
-        return end_job(ctx, job, rec, JobEnd(rec.status, rec.failure_reason), sidecar, sidecar.model or cfg.engine.default_model, own_gen=lease.gen)
+        return end_job(
+            ctx, job, rec, JobEnd(rec.status, rec.failure_reason), sidecar, sidecar.model or cfg.engine.default_model, own_gen=lease.gen
+        )
     checkpoint = load_checkpoint(job.state, shard.initial_checkpoint() if shard else None)
     counted = rec.open_attempt  # the record on disk says a run was open: it is rewritten before this run
     if rec.open_attempt:
@@ -92,7 +94,17 @@ def start_job(ctx: JobContext, job: JobDir, lease: leases.Lease, fail_reason: st
             listing = _list_line_errors(ctx, job, model, validation, sidecar, profile.serves, lease.gen)
             if listing is None:
                 raise ValidationInterrupted()
-            return end_job(ctx, job, rec, JobEnd("failed", reason, [e.model_dump() for e in validation.errors]), sidecar, model, listing, validation, own_gen=lease.gen)
+            return end_job(
+                ctx,
+                job,
+                rec,
+                JobEnd("failed", reason, [e.model_dump() for e in validation.errors]),
+                sidecar,
+                model,
+                listing,
+                validation,
+                own_gen=lease.gen,
+            )
     except ValidationInterrupted:
         give_up_run(job, rec, None, cfg)
         return None
@@ -177,7 +189,12 @@ def _count_unclean_end(ctx: JobContext, job: JobDir, rec: JobRecord, checkpoint:
     """
     alive = nodelock.live_run(ctx.spool_root, rec.attempt_node, rec.attempt_run, ctx.config.lease_seconds)
     if alive is not None:
-        log.info("the previous run's daemon (node %s, %s) is alive: its lease was taken over, not a crash; not counted", alive.node, alive.describe(), extra={"job": job.name})
+        log.info(
+            "the previous run's daemon (node %s, %s) is alive: its lease was taken over, not a crash; not counted",
+            alive.node,
+            alive.describe(),
+            extra={"job": job.name},
+        )
         return
     if _progress_mark(job, checkpoint) > rec.attempt_mark:
         log.info("the previous run ended without a clean stop after making progress; resuming without counting it", extra={"job": job.name})
@@ -232,7 +249,9 @@ def end_job(
     if own_gen is not None and not _hold_for_finish(ctx, job, own_gen):
         return None
     try:
-        merge(job.path, [(job.state, checkpoint)], own=(job.state, own_gen) if own_gen is not None else None, sync=False)  # finish_job syncs
+        merge(
+            job.path, [(job.state, checkpoint)], own=(job.state, own_gen) if own_gen is not None else None, sync=False
+        )  # finish_job syncs
     except ValueError as exc:  # a results file cut shorter than the checkpoint says (by hand?)
         log.error("%s; finishing the job with the files as they are", exc, extra={"job": job.name})
     finish_job(

@@ -12,7 +12,6 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import numpy as np
-
 from pydantic import BaseModel
 
 from spoold.engine.base import EngineRequest
@@ -50,7 +49,9 @@ def duplicate_error(line: int, custom_id: str) -> LineError:
     return LineError(line, "duplicate_custom_id", f"custom_id {short_repr(custom_id)} already used on an earlier line", custom_id)
 
 
-def judge(raw: RawLine, job_model: str, duplicates: frozenset[int], serves: Collection[str] | None = None) -> EngineRequest | LineError | None:
+def judge(
+    raw: RawLine, job_model: str, duplicates: frozenset[int], serves: Collection[str] | None = None
+) -> EngineRequest | LineError | None:
     """One input line as the validating pass judged it: later duplicates of a custom_id are errors."""
     parsed = parse_raw_line(raw, job_model, serves)
     if isinstance(parsed, EngineRequest) and raw.number in duplicates:
@@ -66,15 +67,15 @@ def validate_file(
     serves: Collection[str] | None = None,
 ) -> ValidationSummary:
     """Stream `path`; memory does not grow with the input beyond 8 bytes per valid line (and one
-    line, at most `max_line_bytes`). A line's problem, whatever it is, is that line's error.
-`serves`: the line kinds the job's model answers (see `lines.parse_line`).
+        line, at most `max_line_bytes`). A line's problem, whatever it is, is that line's error.
+    `serves`: the line kinds the job's model answers (see `lines.parse_line`).
 
-    Duplicate custom_ids are found without holding the ids: the first pass keeps
-    a 64-bit hash of each id (8 bytes, not a ~100-byte Python string); hashes
-    that occur twice are candidates, and only if there are any does a second
-    pass compare the actual ids of those lines (first occurrence wins).
-    `keep_going(lines_read)` is called every PROGRESS_EVERY lines (the daemon
-    pings its watchdog there); returning False stops with ValidationInterrupted.
+        Duplicate custom_ids are found without holding the ids: the first pass keeps
+        a 64-bit hash of each id (8 bytes, not a ~100-byte Python string); hashes
+        that occur twice are candidates, and only if there are any does a second
+        pass compare the actual ids of those lines (first occurrence wins).
+        `keep_going(lines_read)` is called every PROGRESS_EVERY lines (the daemon
+        pings its watchdog there); returning False stops with ValidationInterrupted.
     """
     summary = ValidationSummary()
     hashes = array("Q")
@@ -122,7 +123,11 @@ def repeated(hashes: array) -> set[int]:
 
 
 def _duplicate_lines(
-    path: Path, job_model: str, candidates: set[int], keep_going: Callable[[int], bool] | None, max_line_bytes: int,
+    path: Path,
+    job_model: str,
+    candidates: set[int],
+    keep_going: Callable[[int], bool] | None,
+    max_line_bytes: int,
     serves: Collection[str] | None,
 ) -> list[LineError]:
     """Second pass, only over lines whose id hash repeats: exact comparison of the ids."""
@@ -157,6 +162,5 @@ def fatal_reason(summary: ValidationSummary, max_error_ratio: float | None) -> s
     if max_error_ratio is not None:
         ratio = summary.invalid / summary.lines
         if ratio > max_error_ratio:
-            return (f"{summary.invalid} of {summary.lines} lines are invalid ({ratio:.0%}), "
-                    f"more than max_error_ratio {max_error_ratio:g}")
+            return f"{summary.invalid} of {summary.lines} lines are invalid ({ratio:.0%}), more than max_error_ratio {max_error_ratio:g}"
     return None

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 
-from spoold.job.checkpoint import Checkpoint
 from spoold.fsutil import append_durably, fsync_dir, truncate_to
-from spoold.spool.jobdir import JobDir
+from spoold.job.checkpoint import Checkpoint
 from spoold.job.records import BatchRecord
 from spoold.job.segments import segment_path
+from spoold.spool.jobdir import JobDir
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from spoold.errors import SpooldError
 from spoold.fsutil import atomic_write_text, fsync_dir
 from spoold.handlers.pending import has_open_runs
 from spoold.handlers.records import load_runs
-from spoold.spool.names import unique_name
 from spoold.priority import background
-from spoold.retention.rules import Due, find_due
 from spoold.retention.lock import SpoolLock
+from spoold.retention.rules import Due, find_due
+from spoold.spool.names import unique_name
 from spoold.spool.states import rename_unique
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def _place(staging: Path, final: Path, note: Path) -> Path:
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-            final = final.parent / unique_name(final.name, lambda n: (final.parent / n).exists())
+            final = final.parent / unique_name(final.name, lambda n, parent=final.parent: (parent / n).exists())
             atomic_write_text(note, str(final))
     fsync_dir(final.parent)
     return final

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spoold.spool.census import job_mtimes
 from spoold.config import RetentionConfig
 from spoold.fsutil import read_json
+from spoold.spool.census import job_mtimes
 
 FINISHED = ("done", "failed")
 END_FIELDS = ("completed_at", "failed_at", "cancelled_at")

@@ -12,17 +12,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from spoold import __version__
-
-from spoold.spool import recent
-from spoold.spool.census import InboxView
 from spoold.config import Config
 from spoold.job.finish import FinishHooks
+from spoold.retention.prune import PeriodicPrune
 from spoold.service.gpu import GpuMonitor, gpu_health
 from spoold.service.handler_runs import HandlerDispatcher
 from spoold.service.logs import setup_logging
 from spoold.service.metrics import Metrics, effective_listen
 from spoold.service.notify import Notifier
-from spoold.retention.prune import PeriodicPrune
+from spoold.spool import recent
+from spoold.spool.census import InboxView
 from spoold.spool.layout import Spool
 
 log = logging.getLogger(__name__)

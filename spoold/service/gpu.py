@@ -118,9 +118,7 @@ class GpuMonitor:
         try:
             memory = self._memory(handle)
             utilization = self._optional(lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100)
-            temperature = self._optional(
-                lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
-            )
+            temperature = self._optional(lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)))
         except nvml.NVMLError as exc:
             return GpuSample(index, error=str(exc))
         return GpuSample(

@@ -89,10 +89,7 @@ class HandlerDispatcher:
             if any(t.is_alive() for t in self._threads):
                 return
             self._stopping = False
-            self._threads = [
-                threading.Thread(target=self._work, name=f"spoold-handler-{i}", daemon=True)
-                for i in range(self._workers)
-            ]
+            self._threads = [threading.Thread(target=self._work, name=f"spoold-handler-{i}", daemon=True) for i in range(self._workers)]
         for thread in self._threads:
             thread.start()
 
@@ -317,7 +314,11 @@ class HandlerDispatcher:
             if retry_at is not None:
                 log.warning(
                     "job %s: handler %s attempt %d failed, retrying in %.1fs: %s",
-                    job_dir.name, name, run.attempts, retry_at - now, run.last_error,
+                    job_dir.name,
+                    name,
+                    run.attempts,
+                    retry_at - now,
+                    run.last_error,
                 )
             else:
                 log.error("job %s: handler %s failed after %d attempt(s): %s", job_dir.name, name, run.attempts, run.last_error)

@@ -27,8 +27,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from spoold.spool.census import InboxView, SpoolCensus, count_spool
 from spoold.errors import ConfigError, SpooldError
+from spoold.spool.census import InboxView, SpoolCensus, count_spool
 
 __all__ = ["Metrics", "count_spool", "effective_listen", "format_listen", "parse_listen"]
 
@@ -58,13 +58,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self._jobs = Counter("spoold_jobs_total", "Jobs finished, by outcome.", ["outcome"], registry=reg)
-        self._requests = Counter(
-            "spoold_requests_total", "Requests (input lines) answered, by outcome.", ["outcome"], registry=reg
-        )
+        self._requests = Counter("spoold_requests_total", "Requests (input lines) answered, by outcome.", ["outcome"], registry=reg)
         self._tokens = Counter("spoold_tokens_total", "Tokens processed, by kind.", ["kind"], registry=reg)
-        self._spool = Gauge(
-            "spoold_spool_jobs", "Jobs in each spool folder (all daemons of the spool).", ["state"], registry=reg
-        )
+        self._spool = Gauge("spoold_spool_jobs", "Jobs in each spool folder (all daemons of the spool).", ["state"], registry=reg)
         self._oldest_inbox = Gauge(
             "spoold_oldest_inbox_job_timestamp_seconds",
             "Modification time of the oldest job waiting in inbox/ (0: none waiting).",
@@ -85,9 +81,7 @@ class Metrics:
             "spoold_handler_runs_total", "Handler runs, by handler and outcome.", ["handler", "outcome"], registry=reg
         )
         self._model_loaded = Gauge("spoold_model_loaded", "1 for the model loaded now.", ["model"], registry=reg)
-        self._model_load = Histogram(
-            "spoold_model_load_seconds", "Time to load a model.", buckets=MODEL_LOAD_BUCKETS, registry=reg
-        )
+        self._model_load = Histogram("spoold_model_load_seconds", "Time to load a model.", buckets=MODEL_LOAD_BUCKETS, registry=reg)
         self._active_jobs = Gauge("spoold_active_jobs", "Jobs this daemon feeds to its engine now.", registry=reg)
         self._in_flight = Gauge("spoold_requests_in_flight", "Requests inside the engine now.", registry=reg)
         self._engine_idle = Counter(
@@ -329,7 +323,7 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
 
 
 def parse_listen(listen: str) -> tuple[str, int] | None:
-    """"host:port" / "[v6]:port" / ":port" -> (host, port); "" -> None (endpoint off)."""
+    """ "host:port" / "[v6]:port" / ":port" -> (host, port); "" -> None (endpoint off)."""
     text = listen.strip()
     if not text:
         return None

@@ -26,7 +26,8 @@ from typing import Any
 from spoold import tinymodel
 from spoold.config import Config
 from spoold.engine import chat, responses, sampling
-from spoold.engine.base import Engine, EngineError, EngineFailure, EngineRequest, EngineResult, ModelLoadError
+from spoold.engine.base import KIND_URLS, Engine, EngineError, EngineFailure, EngineRequest, EngineResult, ModelLoadError
+from spoold.engine.profiles import ModelProfile
 from spoold.engine.tools import ChatPlan, ChatTooling, ToolsRejected, parser_class
 from spoold.engine.vllm.load import (
     CPU_DEFAULTS,
@@ -39,8 +40,6 @@ from spoold.engine.vllm.load import (
 )
 from spoold.engine.vllm.outbox import Outbox
 from spoold.engine.vllm.pooling import POOLING_KINDS, PoolingFrontend, PoolingRejected
-from spoold.engine.base import KIND_URLS
-from spoold.engine.profiles import ModelProfile
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +170,7 @@ class VllmEngine(Engine):
                     f"prompt is {len(prompt_ids)} tokens; model {self.model} allows at most "
                     f"{self._max_model_len} tokens in total (prompt plus at least one generated token)",
                 )
-            kwargs = sampling.sampling_kwargs(
-                request.body, request.kind, len(prompt_ids), self._max_model_len, self._defaults
-            )
+            kwargs = sampling.sampling_kwargs(request.body, request.kind, len(prompt_ids), self._max_model_len, self._defaults)
             if plan is not None:
                 plan.apply(kwargs)
             request_id = f"{next(self._ids)}-{request.key}"
@@ -187,9 +184,7 @@ class VllmEngine(Engine):
         except Exception as exc:  # noqa: BLE001 - anything else means the engine itself is gone
             log.error("vLLM engine rejected a request unexpectedly", exc_info=True)
             raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
-        self._pending[request_id] = _Pending(
-            request, len(prompt_ids), kwargs["logprobs"], int(time.time()), prompt_ids, plan
-        )
+        self._pending[request_id] = _Pending(request, len(prompt_ids), kwargs["logprobs"], int(time.time()), prompt_ids, plan)
         return None
 
     def _add_pooling(self, request: EngineRequest) -> EngineResult | None:

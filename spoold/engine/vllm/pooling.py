@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from spoold.engine.base import EngineError, EngineRequest, EngineResult, RequestKind
+from spoold.engine.base import KIND_URLS, EngineError, EngineRequest, EngineResult, RequestKind
 from spoold.engine.responses import new_id
-from spoold.engine.base import KIND_URLS
 
 POOLING_KINDS: frozenset[RequestKind] = frozenset({"embeddings", "score", "rerank"})
 
@@ -171,9 +170,7 @@ class PoolingFrontend:
             pooling_params=pooling_params,
             lora_request=None,
             priorities=0,
-            prompt_extras={
-                k: v for k in ("cache_salt", "chat_template_kwargs") if (v := getattr(vllm_request, k, None)) is not None
-            },
+            prompt_extras={k: v for k in ("cache_salt", "chat_template_kwargs") if (v := getattr(vllm_request, k, None)) is not None},
         )
         truncate = getattr(vllm_request, "truncate_prompt_tokens", None)
         if truncate is not None and truncate > self._model_config.max_model_len:

@@ -17,13 +17,13 @@ import logging
 import os
 import time
 
-from spoold.spool import lease as leases
+from spoold.fsutil import atomic_write_text
 from spoold.job.checkpoint import Checkpoint, save_checkpoint
 from spoold.job.finish import JobEnd
-from spoold.fsutil import atomic_write_text
-from spoold.spool.jobdir import JobDir, JobRecord
 from spoold.job.segments import merge
 from spoold.job.shards.plan import ShardDir, ShardPlan, ShardState, load_plan, shard_dirs, shard_state
+from spoold.spool import lease as leases
+from spoold.spool.jobdir import JobDir, JobRecord
 
 log = logging.getLogger(__name__)
 

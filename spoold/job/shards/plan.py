@@ -20,9 +20,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from spoold.spool import lease as leases
-from spoold.job.checkpoint import Checkpoint, load_checkpoint
 from spoold.fsutil import atomic_write_json, fsync_dir, read_json
+from spoold.job.checkpoint import Checkpoint, load_checkpoint
+from spoold.spool import lease as leases
 from spoold.spool.jobdir import STATE_DIR, JobDir, JobRecord
 
 PLAN_FILE = "shards.json"
@@ -91,7 +91,7 @@ def cut_spans(path: Path, count: int) -> list[Span]:
     total_lines = newlines + (1 if size and not _ends_with_newline(path, size) else 0)
     bounds = [b for b in bounds if b[0] < size] + [(size, total_lines)]
     spans = []
-    for (start, before), (end, after) in zip(bounds, bounds[1:]):
+    for (start, before), (end, after) in zip(bounds, bounds[1:], strict=False):
         if end > start:
             spans.append(Span(index=len(spans), first_line=before + 1, start=start, end=end, lines=after - before))
     return spans
@@ -156,7 +156,9 @@ class ShardDir(JobDir):
     def load_or_new_record(self, job_record: JobRecord) -> JobRecord:
         if self.record_path.exists():
             return self.load_record()
-        return JobRecord.new(name=self.name, original_name=job_record.original_name, node=job_record.claimed_by, created_at=job_record.created_at)
+        return JobRecord.new(
+            name=self.name, original_name=job_record.original_name, node=job_record.claimed_by, created_at=job_record.created_at
+        )
 
     def __repr__(self) -> str:
         return f"ShardDir({str(self.path)!r}, {self.span.index})"

@@ -11,12 +11,14 @@ from typing import Any
 
 from spoold.job.batch import build_batch
 from spoold.job.checkpoint import Checkpoint
-from spoold.spool.jobdir import JobDir
 from spoold.job.shards.plan import ShardDir, load_plan, shard_dirs, shard_state
 from spoold.job.validate import ValidationSummary
+from spoold.spool.jobdir import JobDir
 
 
-def live_batch(shard: ShardDir, node: str, model: str, metadata: dict[str, str], validation: ValidationSummary, chunk_size: int) -> dict[str, Any]:
+def live_batch(
+    shard: ShardDir, node: str, model: str, metadata: dict[str, str], validation: ValidationSummary, chunk_size: int
+) -> dict[str, Any]:
     """The job's in-progress batch.json: every shard's committed progress summed, and the shards listed."""
     job = JobDir(shard.path)
     rows = shard_rows(job) or []
