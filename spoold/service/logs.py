@@ -76,7 +76,7 @@ def _message(record: logging.LogRecord) -> str:
 
 
 class JournalFormatter(logging.Formatter):
-    """`<6>spoold.daemon.loop: job X: claimed`; every traceback line keeps the priority."""
+    """`<6>spoold.daemon: job X: claimed`; every traceback line keeps the priority."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = f"{record.name}: {_message(record)}"
@@ -87,7 +87,7 @@ class JournalFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-11-25 10:00:01,123 INFO spoold.daemon.loop: job X: claimed`."""
+    """`2026-11-25 10:00:01,123 INFO spoold.daemon: job X: claimed`."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
