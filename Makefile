@@ -1,4 +1,6 @@
-# make test  - create .venv, install spoold with the CPU vLLM build and test extras, run every test
+# make test  - create .venv, install spoold with the CPU vLLM build and test extras, run the checks (make lint), then every test
+# make test-fast - the fast unit tests alone (tests/unit, not slow, not vllm): about a minute
+# make lint  - ruff check, ruff format --check, mypy on spoold/, the layering contract (lint-imports)
 # make demo  - set up, build the tiny model, run the daemon on ./spool and process examples/ with real vLLM
 # make bench - run the benchmarks and write benchmarks/results.md (its Shards section by benchmarks/shards.py) and benchmarks/core_loop.md
 # make fuzz  - the fuzz tests at 100x CI's size with a fresh seed (FUZZ_SEED=N reproduces a failure)
@@ -10,7 +12,7 @@ PYTEST_ARGS ?=
 FUZZ_SEED ?= $(shell date +%s)
 FUZZ_SCALE ?= 100
 
-.PHONY: install test demo bench fuzz clean
+.PHONY: install test test-fast lint demo bench fuzz clean
 
 $(DEPS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +26,18 @@ $(DEPS): pyproject.toml
 install: $(DEPS)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation --force-reinstall .
 
-test: install
+test: install lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(VENV)/bin/pytest -q tests/unit -m "not slow and not vllm" $(PYTEST_ARGS)
+
+# from the source tree (the checks read the code, not the installed wheel)
+lint: $(DEPS)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports
 
 demo: install
 	$(PY) examples/demo.py
@@ -37,7 +49,7 @@ bench: install
 
 fuzz: install
 	@echo "fuzzing with SPOOLD_FUZZ_SEED=$(FUZZ_SEED) SPOOLD_FUZZ_SCALE=$(FUZZ_SCALE)"
-	SPOOLD_FUZZ_SEED=$(FUZZ_SEED) SPOOLD_FUZZ_SCALE=$(FUZZ_SCALE) $(VENV)/bin/pytest -q tests/test_fuzz.py
+	SPOOLD_FUZZ_SEED=$(FUZZ_SEED) SPOOLD_FUZZ_SCALE=$(FUZZ_SCALE) $(VENV)/bin/pytest -q tests/unit/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) build dist spool .state

@@ -104,7 +104,10 @@ def refuse_unsafe(job_dir: Path) -> str | None:
             reason = refusal(os.lstat(aside)) or "could not be read safely"
             reasons.append(f"{name} {reason}; it was left unread as {aside.name}")
             continue
-        reason = examine(path)
+        found = examine(path)
+        if found is None:
+            continue
+        reason = found
         if reason == "unreadable":
             st = os.lstat(path)
             reasons.append(

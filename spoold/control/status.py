@@ -85,7 +85,7 @@ def collect(
         return _named(spool, name, default_model, now)
     waiting = [e for e in spool.scan_inbox() if e.jsonl]
     if not show_all and len(waiting) > INBOX_SHOWN:  # the oldest, by the listing's stats alone
-        waiting = heapq.nsmallest(INBOX_SHOWN, waiting, key=lambda e: (e.jsonl.mtime_ns, e.name))
+        waiting = heapq.nsmallest(INBOX_SHOWN, waiting, key=lambda e: (e.jsonl.mtime_ns if e.jsonl else 0, e.name))
     if cache is not None:
         cache.forget_sidecars_but({e.name for e in waiting})
     rows = [_inbox_row(spool, e, default_model, now, cache) for e in waiting]
@@ -187,6 +187,7 @@ def _inbox_row(spool: Spool, entry: InboxEntry, default_model: str, now: float, 
         except (SidecarError, OSError):
             return None, "queued (invalid sidecar)"
 
+    model: str | None
     if entry.yaml is None:
         model, status = default_model, "waiting for sidecar"
     else:

@@ -8,6 +8,7 @@ import os
 
 from spoold.daemon.base import Choice, DaemonBase
 from spoold.daemon.resume import find_resumable
+from spoold.engine.profiles import engine_model
 from spoold.errors import SidecarError
 from spoold.inputcheck import read_regular
 from spoold.job.sidecar import parse_sidecar
@@ -29,7 +30,7 @@ class Candidates(DaemonBase):
     def _too_big(self, name: str, model: str | None) -> bool:
         """A job whose model needs more GPUs than CUDA_VISIBLE_DEVICES lists is left to a daemon with more."""
         profile = self.profiles.get(model) if model else None
-        reason = profile and devices.model_problem(model, profile.engine_args, self.config.engine.engine_args, os.environ)
+        reason = profile and model and devices.model_problem(model, profile.engine_args, self.config.engine.engine_args, os.environ)
         if reason and name not in self._left_to_others:
             self._left_to_others.add(name)
             log.info("left to another daemon on the spool: %s", reason, extra={"job": name})
@@ -39,6 +40,12 @@ class Candidates(DaemonBase):
         return self._peek_file(name, self.spool.inbox / f"{name}{SIDECAR_SUFFIX}")
 
     def _peek_file(self, name: str, sidecar_path) -> tuple[int, str | None]:
+        """Priority and the engine's model from a sidecar: an adapter's base, so admission and the scheduler
+        treat a base and its adapters as one model (a job for an adapter of the loaded base never switches)."""
+        priority, model = self._sidecar_model(name, sidecar_path)
+        return priority, engine_model(model, self.profiles) if model else None
+
+    def _sidecar_model(self, name: str, sidecar_path) -> tuple[int, str | None]:
         """Priority and model from a sidecar (cached by its stat); model None if it will fail."""
         default = self.config.engine.default_model
         try:

@@ -29,7 +29,8 @@ class Starts(Feeding):
         name = choice.candidate.name
         fail_reason = None
         if choice.verdict is None:
-            job, lease = choice.job, leases.acquire(choice.job, self.node, choice.lease)
+            job = choice.job
+            lease = leases.acquire(job, self.node, choice.lease) if job is not None else None
             if job is None or lease is None:
                 return None  # another daemon took it over first
             if isinstance(job, ShardDir) and choice.lease is None:

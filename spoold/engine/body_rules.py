@@ -279,8 +279,12 @@ def check_value(key: str, value: Any, kind: str | None, name: str | None = None)
     return check(name or key, value, kind)
 
 
+def _ignoring_kind(check: Callable[[str, Any], Any]) -> Callable[[str, Any, str | None], Any]:
+    return lambda n, v, k: check(n, v)
+
+
 _VALUE_CHECKS: dict[str, Callable[[str, Any, str | None], Any]] = {
-    **{key: (lambda n, v, k, check=check: check(n, v)) for key, check in COPIED.items()},
+    **{key: _ignoring_kind(check) for key, check in COPIED.items()},
     "max_tokens": lambda n, v, k: max_tokens(n, v),
     "max_completion_tokens": lambda n, v, k: max_tokens(n, v),
     "logprobs": logprobs,

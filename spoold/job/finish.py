@@ -24,7 +24,7 @@ from spoold.spool.states import JobState, move_job
 
 log = logging.getLogger(__name__)
 
-FinishedHook = Callable[[JobDir, dict[str, Any], list[str] | None], None]
+FinishedHook = Callable[[JobDir, dict[str, Any], list[str] | None], object]
 
 
 @dataclass

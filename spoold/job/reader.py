@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -33,7 +33,9 @@ class RawLine:
         return self.end - self.offset - (0 if self.unterminated else 1)
 
 
-def read_lines(path: Path, start_offset: int = 0, start_line: int = 1, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[RawLine]:
+def read_lines(
+    path: Path, start_offset: int = 0, start_line: int = 1, max_line_bytes: int = MAX_LINE_BYTES
+) -> Generator[RawLine, None, None]:
     """Lines from `start_offset` on. A line of more than `max_line_bytes` bytes (its newline not
     counted) comes back as a `too_long` RawLine with its exact offsets; memory stays bounded by
     the limit whatever the file holds."""

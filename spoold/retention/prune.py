@@ -229,7 +229,7 @@ def _place(staging: Path, final: Path, note: Path) -> Path:
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-            final = final.parent / unique_name(final.name, lambda n, parent=final.parent: (parent / n).exists())
+            final = final.parent / unique_name(final.name, _taken_in(final.parent))
             atomic_write_text(note, str(final))
     fsync_dir(final.parent)
     return final
@@ -297,3 +297,7 @@ class PeriodicPrune:
                 "retention: pruned %d job(s), finished %d interrupted, kept %d with pending handler runs",
                 len(report.removed), report.recovered, len(report.kept_pending),
             )  # fmt: skip
+
+
+def _taken_in(folder: Path) -> Callable[[str], bool]:
+    return lambda name: (folder / name).exists()

@@ -63,7 +63,7 @@ class GpuMonitor:
 
     def __init__(self, nvml: Any | None = None, environ: Mapping[str, str] | None = None) -> None:
         """`nvml`: the pynvml module or a fake (None imports pynvml); `environ` for CUDA_VISIBLE_DEVICES."""
-        self._nvml = nvml
+        self._nvml: Any = nvml  # the module (or a fake): untyped
         self._devices: list[tuple[int, Any, str | None]] = []  # index, handle, error at start
         self.available = False
         self._memory_v2: bool | None = None  # None: not tried yet; False: the driver lacks it, v1 from then on

@@ -266,7 +266,7 @@ class Metrics:
         except OSError as exc:
             raise SpooldError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
         self._server, self._thread, self._listen = server, thread, listen
-        bound = (server.server_address[0], server.server_address[1])
+        bound = (str(server.server_address[0]), int(server.server_address[1]))
         log.info("serving metrics on http://%s/metrics", format_listen(*bound))
         return bound
 
@@ -289,7 +289,7 @@ class Metrics:
     def server_address(self) -> tuple[str, int] | None:
         if self._server is None:
             return None
-        return (self._server.server_address[0], self._server.server_address[1])
+        return (str(self._server.server_address[0]), int(self._server.server_address[1]))
 
     def stop_server(self) -> None:
         if self._server is None:

@@ -64,7 +64,7 @@ class ReadinessTracker(ReadinessRule):
         changed = previous is None or previous[0] != entry
         if changed:
             self._seen[entry.name] = (entry, now)
-        return changed, self.judge(entry, 0.0 if changed else now - previous[1])
+        return changed, self.judge(entry, 0.0 if previous is None or changed else now - previous[1])
 
     def observe(self, entries: list[InboxEntry], now: float) -> dict[str, Verdict]:
         """Feed one whole scan of the inbox; return the names that are decided, with their verdict."""

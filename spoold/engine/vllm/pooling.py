@@ -15,7 +15,7 @@ vllm is imported only when a pooling model is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from spoold.engine.base import KIND_URLS, EngineError, EngineRequest, EngineResult, RequestKind
 from spoold.engine.responses import new_id
@@ -53,7 +53,7 @@ def served_kinds(supported_tasks: tuple[str, ...], model_config: Any) -> frozens
     pooling_task = model_config.get_pooling_task(supported_tasks)
     if pooling_task == "embed":
         kinds.add("embeddings")
-    if enable_scoring_api(supported_tasks, model_config):
+    if enable_scoring_api(cast(Any, supported_tasks), model_config):
         kinds |= {"score", "rerank"}
     return frozenset(kinds)
 
@@ -216,7 +216,7 @@ class PoolingFrontend:
             raise PoolingRejected("encoding_format must be float or base64 (a batch result line is JSON)")
         adapter = self._adapters.get(request.kind)
         if adapter is None:  # building one costs milliseconds: once per kind, not per line
-            shape = {"embeddings": EmbeddingRequest, "score": ScoreRequest, "rerank": RerankRequest}[request.kind]
+            shape: Any = {"embeddings": EmbeddingRequest, "score": ScoreRequest, "rerank": RerankRequest}[request.kind]
             adapter = self._adapters[request.kind] = TypeAdapter(shape)
         try:
             return adapter.validate_python(body)

@@ -90,7 +90,7 @@ def cut_spans(path: Path, count: int) -> list[Span]:
             pos += len(block)
     total_lines = newlines + (1 if size and not _ends_with_newline(path, size) else 0)
     bounds = [b for b in bounds if b[0] < size] + [(size, total_lines)]
-    spans = []
+    spans: list[Span] = []
     for (start, before), (end, after) in zip(bounds, bounds[1:], strict=False):
         if end > start:
             spans.append(Span(index=len(spans), first_line=before + 1, start=start, end=end, lines=after - before))
