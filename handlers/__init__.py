@@ -4,6 +4,8 @@
 - `base`: the `Handler` interface and `HandlerEvent` every handler receives.
 - `webhook`, `exec_command`, `copy_files`: the built-in types; `registry` builds them
   and loads `type: python` classes.
+- `s3`, `postgres`, `label_studio`: built-in types behind install extras (their library is
+  imported when the handler is built); `result_lines` reads the records they load.
 - `records`, `retry`: durable run records in the job directory, and the backoff policy.
 - `examples/`: a worked `type: python` handler.
 

@@ -14,10 +14,12 @@ job and handler, so a receiver can drop duplicates.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
@@ -78,3 +80,13 @@ class Handler(ABC):
 
     def close(self) -> None:  # noqa: B027 (optional hook with a no-op default)
         """Release resources when the daemon stops; the default does nothing."""
+
+
+def import_extra(module: str, extra: str) -> ModuleType:
+    """Import a built-in handler's optional library; ValueError in one line naming the extra if it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ValueError(
+            f"needs the Python package {module.split('.')[0]}, which is not installed ({exc}): pip install 'spoold[{extra}]'"
+        ) from None

@@ -130,13 +130,103 @@ class PythonConfig(HandlerBase):
     """Passed to the class's constructor as a plain dict."""
 
 
+_SQL_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
+MIB = 1 << 20
+LabelStudioSource = Literal["prompt", "answer", "custom_id", "model", "status_code", "error", "request", "response"]
+"""What a Label Studio task data key can be filled from (see handlers/README.md)."""
+
+
+def _http_url_value(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+class S3Settings(_Strict):
+    bucket: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+    prefix: str = ""
+    """Keys are PREFIX{job}/{file}; end it with / for a folder."""
+    endpoint_url: str | None = None
+    """An S3-compatible store (MinIO, Ceph, R2); None for AWS."""
+    region: str | None = None
+    credentials_file: Path | None = None
+    """An AWS shared-credentials file (INI: aws_access_key_id, aws_secret_access_key); default: boto3's usual chain."""
+    profile: str | None = None
+    """The section of credentials_file (default `default`), or a profile of boto3's own config files."""
+    files: list[ResultFile] = Field(["output.jsonl", "errors.jsonl", "batch.json"], min_length=1)
+    multipart_threshold: int = Field(64 * MIB, ge=5 * MIB)
+    """Files at least this big go up in parts."""
+    multipart_chunksize: int = Field(16 * MIB, ge=5 * MIB)
+    """Part size (S3's minimum is 5 MiB); memory is about max_concurrency x this."""
+    max_concurrency: int = Field(4, ge=1, le=64)
+    timeout: Seconds = Field(60.0, gt=0)
+    """Connect and read timeout of each request."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _relative_prefix(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must not start with / or hold a .. segment")
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url_value(value)
+
+
+class S3Config(HandlerBase):
+    type: Literal["s3"]
+    settings: S3Settings
+
+
+class PostgresSettings(_Strict):
+    dsn_file: Path | None = None
+    """A file holding a libpq connection string or URI; default: libpq's environment (PGHOST, PGPASSFILE, ...)."""
+    table: str = Field("spoold_results", pattern=rf"^{_SQL_NAME}(\.{_SQL_NAME})?$")
+    """A plain (optionally schema-qualified) identifier."""
+    create_table: bool = False
+    connect_timeout: Seconds = Field(10.0, gt=0)
+    statement_timeout: Seconds = Field(600.0, gt=0)
+    """Bounds each statement, so a lock held elsewhere cannot hang a worker for ever."""
+
+
+class PostgresConfig(HandlerBase):
+    type: Literal["postgres"]
+    settings: PostgresSettings = PostgresSettings()
+
+
+class LabelStudioSettings(_Strict):
+    url: str
+    token_file: Path | None = None
+    """A file holding the API token; default: the LABEL_STUDIO_API_KEY environment variable."""
+    project_id: int = Field(ge=1)
+    data: dict[str, LabelStudioSource] = Field({"prompt": "prompt", "answer": "answer"}, min_length=1)
+    """Task data key -> what fills it; the keys must be the $variables of the project's labelling config."""
+    files: list[Literal["output.jsonl", "errors.jsonl"]] = Field(["output.jsonl", "errors.jsonl"], min_length=1)
+    batch_size: int = Field(500, ge=1, le=10_000)
+    """Tasks per import request."""
+    timeout: Seconds = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url_value(value).rstrip("/")
+
+
+class LabelStudioConfig(HandlerBase):
+    type: Literal["label_studio"]
+    settings: LabelStudioSettings
+
+
 HandlerConfig = Annotated[
-    WebhookConfig | ExecConfig | CopyConfig | PythonConfig,
+    WebhookConfig | ExecConfig | CopyConfig | PythonConfig | S3Config | PostgresConfig | LabelStudioConfig,
     Field(discriminator="type"),
 ]
 """One item of `handlers:`; pick the model by its `type`."""
 
 AnyHandlerConfig = Union[  # noqa: UP007 (a runtime union object for pydantic's TypeAdapter)
-    WebhookConfig, ExecConfig, CopyConfig, PythonConfig
+    WebhookConfig, ExecConfig, CopyConfig, PythonConfig, S3Config, PostgresConfig, LabelStudioConfig
 ]
 """The same union without the discriminator, for plain annotations."""

@@ -112,19 +112,19 @@ def pending_jobs(spool_root: Path, node: str) -> Iterator[tuple[Path, JobRuns]]:
         if found is None:
             log.info("job %s (%s) left the spool; its pending handler runs are dropped", marker.name, marker.batch_id)
             path.unlink(missing_ok=True)
-        elif found != "busy":
+        elif not isinstance(found, str):  # "busy": it may still be in processing/
             yield found
 
 
 def _rebuild(spool_root: Path, node: str) -> Iterator[tuple[Path, JobRuns]]:
     log.info("indexing pending handler runs in %s (a full scan of done/ and failed/, once)", spool_root)
-    for folder in FINISHED:
+    for state in FINISHED:
         try:
-            names = sorted(n for n in os.listdir(spool_root / folder) if not n.startswith("."))
+            names = sorted(n for n in os.listdir(spool_root / state) if not n.startswith("."))
         except FileNotFoundError:
             continue
         for name in names:
-            job_dir = spool_root / folder / name
+            job_dir = spool_root / state / name
             runs = _runs(job_dir)
             if not has_open_runs(runs):
                 continue

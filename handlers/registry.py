@@ -7,9 +7,21 @@ from collections.abc import Callable, Iterable
 
 from spoold.errors import ConfigError
 from spoold.handlers.base import Handler
-from spoold.handlers.config import AnyHandlerConfig, CopyConfig, ExecConfig, PythonConfig, WebhookConfig
+from spoold.handlers.config import (
+    AnyHandlerConfig,
+    CopyConfig,
+    ExecConfig,
+    LabelStudioConfig,
+    PostgresConfig,
+    PythonConfig,
+    S3Config,
+    WebhookConfig,
+)
 from spoold.handlers.copy_files import CopyHandler
 from spoold.handlers.exec_command import ExecHandler
+from spoold.handlers.label_studio import LabelStudioHandler
+from spoold.handlers.postgres import PostgresHandler
+from spoold.handlers.s3 import S3Handler
 from spoold.handlers.webhook import WebhookHandler
 
 
@@ -40,6 +52,10 @@ _FACTORIES: dict[type, Callable[[AnyHandlerConfig], Handler]] = {
     ExecConfig: ExecHandler,  # type: ignore[dict-item]
     CopyConfig: CopyHandler,  # type: ignore[dict-item]
     PythonConfig: _python_handler,  # type: ignore[dict-item]
+    # these three import their library in the constructor: a missing extra is a ConfigError at start and on reload
+    S3Config: S3Handler,  # type: ignore[dict-item]
+    PostgresConfig: PostgresHandler,  # type: ignore[dict-item]
+    LabelStudioConfig: LabelStudioHandler,  # type: ignore[dict-item]
 }
 
 
