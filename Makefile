@@ -64,6 +64,7 @@ bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/core_loop.py
 	$(PY) benchmarks/shards.py
+	$(PY) benchmarks/api.py
 
 fuzz: install
 	@echo "fuzzing with SPOOLD_FUZZ_SEED=$(FUZZ_SEED) SPOOLD_FUZZ_SCALE=$(FUZZ_SCALE)"

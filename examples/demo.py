@@ -25,7 +25,8 @@ EXAMPLES = Path(__file__).resolve().parent
 SPOOL = ROOT / "spool"
 STATE = ROOT / ".state"
 CONFIG = STATE / "demo-spoold.yaml"
-JOBS = ["chat", "completions", "with-bad-lines", "embeddings", "function-calling"]
+JOBS = ["chat", "completions", "adapter", "with-bad-lines", "embeddings", "function-calling"]
+"""`adapter` runs on tiny-random's engine with the LoRA adapter tiny-random-lora-a, beside `completions`."""
 
 
 def say(text: str) -> None:
@@ -73,7 +74,7 @@ def job_row(job: Path) -> str:
 
 def job_samples(job: Path, width: int = 72) -> list[str]:
     """The job's first answer (question -> answer) and, if any, its first error, each on one short line."""
-    lines = [f"{job.name}:"]
+    lines = [f"{job.name} (model {json.loads((job / 'batch.json').read_text())['model']}):"]
     inputs = {}
     for raw in (job / "input.jsonl").read_text(encoding="utf-8").split("\n"):
         try:

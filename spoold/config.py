@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spoold.durations import Seconds
 from spoold.errors import ConfigError, describe_validation_error, load_yaml_mapping
@@ -27,7 +27,7 @@ class WatchConfig(Strict):
     settle_seconds: Seconds = Field(2.0, ge=0)
     require_sidecar: bool = True
     orphan_seconds: Seconds = Field(300.0, ge=0)
-    # spoold's own addition (not in SPEC; documented in the README):
+    # spoold's own addition (not in SPEC; documented in docs/configuration.md):
     rescan_seconds: Seconds = Field(30.0, gt=0)
     """inotify mode: a full look at the inbox this often, for events inotify lost (poll mode rescans every poll_interval)."""
 
@@ -40,7 +40,7 @@ class EngineConfig(Strict):
     idle_unload_seconds: Seconds = Field(0.0, ge=0)
     max_active_jobs: int = Field(8, ge=1)
     """Jobs of the loaded model fed to the engine at once (SPEC section 7)."""
-    # spoold's own additions (not in SPEC; documented in the README):
+    # spoold's own additions (not in SPEC; documented in docs/configuration.md):
     window: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     """Requests kept in flight in the engine; chunk boundaries do not drain it. `auto`: twice the
     loaded engine's batch (vLLM's max_num_seqs), so its scheduler always has the next requests queued."""
@@ -50,6 +50,9 @@ class EngineConfig(Strict):
     """Where built-in models (tiny-random) are built and cached."""
     engine_args: dict[str, object] = {}
     """Extra vLLM engine arguments applied to every model (e.g. device settings)."""
+    step_timeout_seconds: Seconds = Field(30.0, gt=0)
+    """A vLLM engine step that returns nothing for this long means a hung engine (a stopped engine core,
+    a GPU that stopped answering): it is ended and reloaded like a dead one (docs/decisions-engine-death.md)."""
 
 
 class MetricsConfig(Strict):
@@ -88,6 +91,47 @@ class RetentionConfig(Strict):
         return {"done": self.done, "failed": self.failed}[state]
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+
+def parse_size(value: object) -> object:
+    """Turn "10GiB" into 10737418240; leave numbers (and anything else) to pydantic."""
+    if isinstance(value, str):
+        number, unit = value.strip(), ""
+        while number and not (number[-1].isdigit() or number[-1] == "."):
+            number, unit = number[:-1], number[-1] + unit
+        try:
+            return int(float(number) * _SIZE_UNITS[unit.strip().lower()])
+        except (KeyError, ValueError):
+            raise ValueError(f"not a size: {value!r} (use bytes, or e.g. '200MiB', '10GiB')") from None
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
+
+class ApiConfig(Strict):
+    """`spoold api` (SPEC section 11): the OpenAI Files and Batches API over the spool."""
+
+    listen: str = "127.0.0.1:8080"
+    keys_file: Path | None = Path("/etc/spoold/api-keys")
+    allow_anonymous: bool = False
+    """Serve requests without a key (as the tenant `anonymous`); refused unless `listen` is a loopback address."""
+    max_file_bytes: ByteSize = Field(10 << 30, ge=1)
+    """Largest upload: 10 GiB (OpenAI allows 200 MB; spoold is for big jobs; uploads stream, memory stays flat)."""
+    max_queued_requests_per_key: int | None = Field(None, ge=1)
+    """Requests of one key's unfinished batches at most; a create past it is a 429. null: no limit."""
+    metrics_listen: str = ""
+    """The API's own Prometheus metrics (requests, bytes, latency); "" disables them."""
+
+    @model_validator(mode="after")
+    def _anonymous_on_loopback_only(self) -> ApiConfig:
+        host = self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+        if self.allow_anonymous and host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
+            raise ValueError(f"allow_anonymous is only honoured on a loopback listen address, not {self.listen!r}")
+        return self
+
+
 class Config(Strict):
     spool_dir: Path = Path("/var/spool/spoold")
     node_id: str | None = None
@@ -105,6 +149,7 @@ class Config(Strict):
     logging: LoggingConfig = LoggingConfig()
     health: HealthConfig = HealthConfig()
     handlers: list[HandlerConfig] = []
+    api: ApiConfig = ApiConfig()
 
     @model_validator(mode="after")
     def _unique_handler_names(self) -> Config:

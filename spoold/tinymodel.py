@@ -38,6 +38,15 @@ BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 VOCAB_SIZE = 1024
 MAX_POSITIONS = 2048
+HIDDEN_SIZE, NUM_LAYERS, NUM_HEADS, NUM_KV_HEADS, HEAD_DIM = 128, 2, 2, 1, 64
+"""The tiny Llama's shape (the built-in adapters are made to fit it)."""
+
+BUILTIN_ADAPTERS: dict[str, tuple[str, int]] = {"tiny-random-lora-a": ("tiny-random", 100), "tiny-random-lora-b": ("tiny-random", 101)}
+"""Built-in LoRA adapters: name -> (base built-in model, seed). Rank ADAPTER_RANK on q_proj and v_proj."""
+ADAPTER_RANK = 8
+ADAPTER_TARGETS = ("q_proj", "v_proj")
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -107,6 +116,73 @@ def ensure_builtin(model: str, state_dir: Path) -> Path:
     """Resolve `builtin:NAME` (or bare NAME) to its built directory, building it the first time."""
     name = builtin_name(model if is_builtin(model) else BUILTIN_PREFIX + model)
     return build_tiny_model(Path(state_dir) / "models" / name, seed=BUILTIN_SEEDS[name], extra_config=BUILTIN_CONFIG.get(name))
+
+
+def builtin_adapter_dir(name: str, state_dir: Path) -> Path:
+    """Where a built-in adapter lives (built or not): `builtin:tiny-random-lora-a` or the bare name."""
+    bare = name.removeprefix(BUILTIN_PREFIX)
+    if bare not in BUILTIN_ADAPTERS:
+        known = ", ".join(BUILTIN_PREFIX + n for n in sorted(BUILTIN_ADAPTERS))
+        raise ValueError(f"unknown built-in adapter {name!r} (known: {known})")
+    return Path(state_dir) / "adapters" / bare
+
+
+def ensure_builtin_adapter(name: str, state_dir: Path) -> Path:
+    """Resolve a built-in adapter to its built PEFT folder, building it the first time."""
+    dest = builtin_adapter_dir(name, state_dir)
+    return build_tiny_adapter(dest, seed=BUILTIN_ADAPTERS[dest.name][1], base=BUILTIN_PREFIX + BUILTIN_ADAPTERS[dest.name][0])
+
+
+def build_tiny_adapter(dest: Path, seed: int, base: str = BUILTIN_PREFIX + "tiny-random", rank: int = ADAPTER_RANK) -> Path:
+    """Build a PEFT LoRA folder for the tiny Llama into `dest` (deterministic from `seed`); return `dest`.
+
+    Random A and B (PEFT would start B at zero: no effect), scaled so the answers visibly differ
+    from the base model's. numpy only: no torch import. Atomic and idempotent like the model build.
+    """
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    dest = Path(dest)
+    if is_built(dest):
+        return dest
+    rng = np.random.default_rng(seed)
+    out_features = {"q_proj": NUM_HEADS * HEAD_DIM, "v_proj": NUM_KV_HEADS * HEAD_DIM}
+    tensors: dict[str, Any] = {}
+    for layer in range(NUM_LAYERS):
+        for target in ADAPTER_TARGETS:
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{target}"
+            tensors[f"{prefix}.lora_A.weight"] = rng.normal(0.0, 0.5, (rank, HIDDEN_SIZE)).astype(np.float32)
+            tensors[f"{prefix}.lora_B.weight"] = rng.normal(0.0, 0.5, (out_features[target], rank)).astype(np.float32)
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "lora_dropout": 0.0,
+        "target_modules": list(ADAPTER_TARGETS),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+        "use_rslora": False,
+        "use_dora": False,
+        "inference_mode": True,
+    }
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS))
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (tmp / MARKER).write_text(json.dumps({"seed": seed, "weights_sha256": weights_digest(tmp)}, indent=2) + "\n", encoding="utf-8")
+        _make_readable(tmp)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not is_built(dest):  # not a lost race: a real problem
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def build_tiny_model(dest: Path, seed: int = 0, extra_config: dict[str, Any] | None = None) -> Path:
@@ -199,12 +275,12 @@ def _save_model(directory: Path, seed: int, tokenizer: Any, extra_config: dict[s
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=128,
+        hidden_size=HIDDEN_SIZE,
         intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=64,  # the CPU attention kernel rejects 16
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=NUM_HEADS,
+        num_key_value_heads=NUM_KV_HEADS,
+        head_dim=HEAD_DIM,  # the CPU attention kernel rejects 16
         max_position_embeddings=MAX_POSITIONS,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

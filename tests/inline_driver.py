@@ -31,7 +31,7 @@ class Hooks:
     def beat(self, status: str) -> None:
         pass
 
-    def chunk_committed(self, *args: object) -> None:
+    def chunk_committed(self, *args: object, **kwargs: object) -> None:
         pass
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spoold import __version__
+from spoold.cli.api import cmd_api
 from spoold.config import Config, load_config
 from spoold.errors import SpooldError
 from spoold.spool.layout import Spool
@@ -130,7 +131,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from spoold.engine.profiles import load_profiles, models_report
-    from spoold.tinymodel import ensure_builtin, is_builtin
+    from spoold.tinymodel import ensure_builtin, ensure_builtin_adapter, is_builtin
 
     config = load_config(args.config)
     profiles = load_profiles(config.engine.model_dirs)
@@ -140,6 +141,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             if is_builtin(profile.model) and (not args.names or profile.name in args.names):
                 print(f"{profile.name}: {ensure_builtin(profile.model, config.engine.state_dir)}")
                 built += 1
+            for spec in profile.adapters:  # built-in adapters: with their base, or by their own name
+                if is_builtin(spec.path) and (not args.names or {profile.name, spec.name} & set(args.names)):
+                    print(f"{spec.name}: {ensure_builtin_adapter(spec.path, config.engine.state_dir)}")
+                    built += 1
         if not built:
             raise SpooldError("no built-in model profile matched (try `spoold models`)")
         return 0
@@ -239,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fix", action="store_true", help="also fix the modes and groups of existing folders")
     p = add("prune", cmd_prune, "apply the retention policy now (retention: in the config)")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed; change nothing")
+    add("api", cmd_api, "serve the OpenAI Files and Batches API on the spool (api: in the config)", spool=False)
     return parser
 
 

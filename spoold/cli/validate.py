@@ -6,7 +6,7 @@ from pathlib import Path
 
 from spoold.config import Config
 from spoold.engine.profiles import load_profiles, resolve_model
-from spoold.errors import SpooldError
+from spoold.errors import SpooldError, UnknownModel
 from spoold.job.sidecar import Sidecar, parse_sidecar
 from spoold.job.validate import fatal_reason, validate_file
 from spoold.spool.names import INPUT_SUFFIX, SIDECAR_SUFFIX
@@ -26,7 +26,12 @@ def validate_command(config: Config, path: Path, sidecar_path: Path | None) -> i
             raise SpooldError(f"cannot read sidecar {sidecar_path}: {exc.strerror}") from None
         sidecar = parse_sidecar(text, {h.name for h in config.handlers})
     model = sidecar.model or config.engine.default_model
-    profile = resolve_model(model, load_profiles(config.engine.model_dirs))
+    where = f" with sidecar {sidecar_path}" if sidecar_path else " (no sidecar: defaults)"
+    try:
+        profile = resolve_model(model, load_profiles(config.engine.model_dirs), config.engine.state_dir)  # an adapter's files too
+    except UnknownModel as exc:  # as the daemon fails the job: unknown model, bad adapter
+        print(f"FAIL {path}{where}: {exc}")
+        return 1
     summary = validate_file(
         path.resolve(), model, max_line_bytes=config.max_line_bytes, serves=profile.serves
     )  # a user's own symlink is fine here; the daemon never follows one
@@ -35,7 +40,6 @@ def validate_command(config: Config, path: Path, sidecar_path: Path | None) -> i
     if summary.invalid > len(summary.errors):
         print(f"... and {summary.invalid - len(summary.errors)} more invalid lines")
     reason = fatal_reason(summary, sidecar.max_error_ratio)
-    where = f" with sidecar {sidecar_path}" if sidecar_path else " (no sidecar: defaults)"
     if reason:
         print(f"FAIL {path}{where}: {reason}")
         return 1

@@ -13,7 +13,7 @@ from spoold.daemon.base import Choice
 from spoold.daemon.starts import Starts
 from spoold.engine.loop import resolve_window
 from spoold.job.shards.plan import ShardDir
-from spoold.spool.names import INPUT_SUFFIX
+from spoold.spool.names import INPUT_SUFFIX, SIDECAR_SUFFIX
 from spoold.spool.readiness import Verdict
 
 log = logging.getLogger("spoold.daemon")
@@ -47,7 +47,7 @@ def others_turn(model: str | None, current: str | None, busy: bool) -> bool:
 class Admission(Starts):
     def _current_model(self) -> str | None:
         for job in self.active + self.waiting:
-            return job.model
+            return job.engine_model  # an adapter job's base: its adapters are the same model here
         for _, model, _ in self.starting.values():
             if model is not None:
                 return model
@@ -137,4 +137,5 @@ class Admission(Starts):
         if model is None or (size is not None and size < self.prevalidator.min_bytes):
             return
         profile = self.profiles.get(model)
-        self.prevalidator.offer(self.spool.inbox / f"{name}{INPUT_SUFFIX}", model, profile.serves if profile else None)
+        served = self._sidecar_model(name, self.spool.inbox / f"{name}{SIDECAR_SUFFIX}")[1] or model  # an adapter's own name
+        self.prevalidator.offer(self.spool.inbox / f"{name}{INPUT_SUFFIX}", served, profile.serves if profile else None)

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from spoold.config import Config
-from spoold.daemon.keeper import LeaseKeeper
+from spoold.daemon.keeper import LeaseKeeper, Pulse
 from spoold.daemon.lanes import Lanes, Turnstile
 from spoold.engine.loop import EngineLoop
 from spoold.engine.manager import EngineManager
@@ -82,6 +82,7 @@ class DaemonBase:
     prevalidator: Prevalidator
     finish_hooks: FinishHooks
     keeper: LeaseKeeper
+    pulse: Pulse  # the loop's sign of life: leases and the node lock are renewed only while it beats
     starter: ThreadPoolExecutor
     turnstile: Turnstile
     io: Lanes
@@ -112,6 +113,7 @@ class DaemonBase:
     _tracebacks_told: set[str]
     _left_to_others: set[str]  # jobs whose model needs more GPUs than we see (logged once)
     _split_spool: str | None  # found on a reload: no new work until a reload finds it fixed
+    _engine_died: bool  # the engine failed and was unloaded: if the reload fails too, spoold exits non-zero
 
     def _disk_trouble(self, exc: OSError, job: str | None) -> None:
         """One log line per distinct problem; pause new work a while instead of crashing or spinning."""

@@ -23,24 +23,33 @@ class Feeding(Candidates):
         if not self.waiting:
             return
         loaded = self.engines.loaded_model
-        if not self.active and not any(j.model == loaded for j in self.waiting):
+        if not self.active and not any(j.engine_model == loaded for j in self.waiting):  # adapters run on their base's engine
             first = max(self.waiting, key=lambda j: j.priority)
             if self.config.engine.backend == "vllm":  # beside a model load, the ahead-of-time pass's worker starts unnoticed
                 self.prevalidator.warm()
             try:
-                engine = self.engines.get(first.profile)
+                with self.pulse.holding():  # a model load takes minutes: the leases are kept meanwhile
+                    engine = self.engines.get(first.profile)
             except ModelLoadError as exc:
-                for job in [j for j in self.waiting if j.model == first.model]:
-                    self._close(job, "retry", f"model {first.model} failed to load: {exc}")
+                if self._engine_died:
+                    self._reload_failed(first.engine_model, exc)
+                    return
+                for job in [j for j in self.waiting if j.engine_model == first.engine_model]:
+                    self._close(job, "retry", f"model {first.engine_model} failed to load: {exc}")
                     self.waiting.remove(job)
                 return
             self.loop = EngineLoop(engine)
+            self._engine_died = False
             loaded = engine.model
         if self.loop is None or self.loop.engine.model != loaded:
             return
-        free = self.config.engine.max_active_jobs - len(self.active)
-        ready = [j for j in self.waiting if j.model == loaded]
-        for job in sorted(ready, key=lambda j: -j.priority)[:free]:  # stable: earlier started first
+        limit = self.config.engine.max_active_jobs
+        ready = [j for j in self.waiting if j.engine_model == loaded]
+        for job in sorted(ready, key=lambda j: -j.priority):  # stable: earlier started first
+            if len(self.active) >= limit or any(a.record.isolated_until for a in self.active):
+                break  # full, or an isolated job runs alone
+            if job.record.isolated_until and self.active:
+                break  # it runs alone once the engine drained (the jobs behind it wait too, so it is not starved)
             self.waiting.remove(job)
             job.started = time.monotonic()  # its running time counts from here, not from a model load it waited for
             self.active.append(job)
@@ -72,6 +81,9 @@ class Feeding(Candidates):
                 future = self.io.submit(job.name, commit, job, cut)
                 future.add_done_callback(lambda _: self.wake.set())
                 job.commits.append(future)
+            if job.record.isolated_until and job.checkpoint.next_line >= job.record.isolated_until:
+                log.info("ran alone past the lines in flight when the engine died: not the culprit, sharing again", extra={"job": job.name})
+                job.record.isolated_until = 0  # on disk with the record's next save; until then a restart isolates it again
             if job.drained:
                 self.active.remove(job)
                 self._close(job, "completed")
@@ -79,15 +91,43 @@ class Feeding(Candidates):
         return loop.in_flight() > 0 or any(not j.backlogged() for j in self.active)
 
     def _engine_failed(self, message: str) -> None:
-        """The engine as a whole failed: what finished is kept, each active job's attempt counts
-        (it cannot be pinned on one job), and the engine is loaded afresh for the next run."""
+        """The engine as a whole failed (died, hung, or a bug on its path): one ERROR line, then the crash rules
+        (docs/decisions-engine-death.md). What finished is kept; the engine is unloaded and loaded afresh when
+        the jobs resume from their checkpoints (at once). Only a job alone in the engine is charged the attempt;
+        jobs that shared it run isolated (alone) past the lines they had in flight, which finds the culprit."""
         stopping = self.stop_requested
+        in_flight = [j for j in self.active if j.in_engine > 0]
+        model = self.engines.loaded_model or (self.loop.engine.model if self.loop else "?")
+        then = "stopping" if stopping else "reloading it; the jobs resume from their checkpoints"
+        log.error(
+            "engine of model %s failed: %s; jobs in flight: %s; %s", model, message, ", ".join(j.name for j in in_flight) or "none", then
+        )
         for job in list(self.active):
             self.active.remove(job)
             job.dropped(job.in_engine)
-            self._close(job, "stopped" if stopping else "retry", message)
+            if stopping or job not in in_flight:
+                self._close(job, "stopped")  # its requests were not in the engine: not its doing
+            elif len(in_flight) == 1:  # alone in the engine: charged, and it keeps running alone
+                job.record.isolated_until = max(job.record.isolated_until, job.progress.read_line)
+                self._close(job, "retry", f"it crashed the engine each time it ran alone in it ({message})")
+            else:
+                job.record.isolated_until = max(job.record.isolated_until, job.progress.read_line)
+                log.info("shared the engine when it failed: runs alone up to line %d", job.record.isolated_until, extra={"job": job.name})
+                self._close(job, "stopped")
         self.loop = None
+        self._engine_died = not stopping
         self.engines.unload()
+        self._next_processing_scan = 0.0  # resume them at once
+
+    def _reload_failed(self, model: str, exc: Exception) -> None:
+        """The engine died and cannot be loaded again (a GPU in a bad state?): exit non-zero so the service manager
+        restarts spoold (or an operator sees it); the jobs stay resumable and are not charged."""
+        log.error("model %s cannot be loaded again after its engine failed (%s); exiting so that spoold is restarted", model, exc)
+        for job in list(self.waiting):
+            self.waiting.remove(job)
+            self._close(job, "stopped")
+        self.exit_code = 1
+        self.stop_requested = True
 
     def _leave(self, job: ActiveJob) -> None:
         """The job leaves the engine and the keeper: its requests are aborted, its reader closed."""

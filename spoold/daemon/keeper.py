@@ -4,12 +4,20 @@ The main thread may block (a model load takes minutes) and the job I/O thread
 may be busy; leases must not lapse meanwhile, or another daemon would take
 the jobs over. Findings are flags on the job (`lost`, `cancel`), which the
 main thread acts on at its next step.
+
+But a daemon whose loop no longer runs its jobs must not keep them: the loop
+beats a `Pulse` every turn (and holds it through a model load); once the pulse
+is older than its limit, leases are no longer renewed, so another daemon takes
+the jobs over after `lease_seconds`, as it would a crashed daemon's (issue 24).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from spoold.job.active import ActiveJob
 from spoold.job.commit import renew
@@ -18,9 +26,40 @@ from spoold.spool import lease as leases
 log = logging.getLogger(__name__)
 
 
+class Pulse:
+    """The main loop's sign of life: `beat()` every turn; `holding()` around a known long wait (a model load)."""
+
+    def __init__(self, stale_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stale_after = stale_after
+        self._clock = clock
+        self._last = clock()
+        self._held = 0
+
+    def beat(self) -> None:
+        self._last = self._clock()
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            self.beat()
+
+    def silent_for(self) -> float:
+        """Seconds since the last beat; 0 while held."""
+        return 0.0 if self._held else self._clock() - self._last
+
+    def alive(self) -> bool:
+        return self.silent_for() <= self.stale_after
+
+
 class LeaseKeeper:
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float = 1.0, pulse: Pulse | None = None) -> None:
         self.interval = interval
+        self.pulse = pulse
+        self._wedged = False
         self._jobs: dict[str, ActiveJob] = {}
         self._lock = threading.Lock()
         self._done = threading.Event()
@@ -46,6 +85,17 @@ class LeaseKeeper:
 
     def check(self) -> None:
         """One pass over the jobs (the thread's body; tests call it directly)."""
+        if self.pulse is not None and not self.pulse.alive():
+            if not self._wedged:
+                self._wedged = True
+                log.error(
+                    "the daemon loop has not stepped for %.0f s: leases are no longer renewed, so another daemon can take its jobs over",
+                    self.pulse.silent_for(),
+                )
+            return
+        if self._wedged:
+            self._wedged = False
+            log.info("the daemon loop steps again: renewing leases")
         with self._lock:
             jobs = list(self._jobs.values())
         for job in jobs:

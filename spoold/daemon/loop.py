@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from spoold.config import Config
 from spoold.daemon.base import IO_LANES, START_THREADS, STATUS_EVERY, Choice, Closing
-from spoold.daemon.keeper import LeaseKeeper
+from spoold.daemon.keeper import LeaseKeeper, Pulse
 from spoold.daemon.lanes import Lanes, Turnstile
 from spoold.daemon.stop_and_reload import StopAndReload, hold_node
 from spoold.engine import load_engine
@@ -66,7 +66,9 @@ class Daemon(StopAndReload):
         self.prevalidator = Prevalidator(max_line_bytes=config.max_line_bytes)
         self.finish_hooks = FinishHooks()
         self.service.wire_finish(self.finish_hooks)
-        self.keeper = LeaseKeeper()
+        # a step may take up to step_timeout_seconds, an idle loop sleeps up to poll_interval between turns
+        self.pulse = Pulse(2 * config.engine.step_timeout_seconds + config.watch.poll_interval)
+        self.keeper = LeaseKeeper(pulse=self.pulse)
         self.starter = ThreadPoolExecutor(START_THREADS, thread_name_prefix="job-start", initializer=background)
         self.turnstile = Turnstile()  # the claiming renames themselves happen in admission (priority) order
         self.io = Lanes(IO_LANES, "job-io")
@@ -89,6 +91,7 @@ class Daemon(StopAndReload):
         self._tracebacks_told: set[str] = set()
         self._left_to_others: set[str] = set()  # jobs whose model needs more GPUs than we see (logged once)
         self._split_spool: str | None = None  # found on a reload: no new work until a reload finds it fixed
+        self._engine_died = False
         self._watcher: InboxWatcher | None = None
         self._ctx = self._new_context()
 
@@ -96,7 +99,7 @@ class Daemon(StopAndReload):
         if self.node_lock is None:
             self.node_lock = hold_node(self.config, self.run_id)
         try:
-            self.node_lock.keep(self._node_lost)
+            self.node_lock.keep(self._node_lost, self.pulse.alive)
             for warning in spoolperms.start_warnings(self.spool.root):
                 log.warning("%s", warning)
             for job in claims.recover_claims(self.spool, self.node, self.config.lease_seconds):
@@ -211,6 +214,7 @@ class Daemon(StopAndReload):
         return f"{len(jobs)} active on {model}, {in_flight} in flight{extra}: {shown}"
 
     def _beat(self) -> None:
+        self.pulse.beat()
         now = time.monotonic()
         if now - self._last_status >= STATUS_EVERY or not self.active:
             self._last_status = now

@@ -38,6 +38,8 @@ class EngineRequest:
     """The OpenAI request body, sidecar sampling defaults already merged (the line wins)."""
     key: int = 0
     """The request's identity inside the engine, unique across jobs (set by the engine loop)."""
+    adapter: tuple[str, str] | None = None
+    """(name, PEFT folder) of the LoRA adapter this request runs with (its job's model is an adapter); None: the base."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ import time
 from typing import Any
 
 from spoold.engine import responses
-from spoold.engine.base import Engine, EngineError, EngineRequest, EngineResult
+from spoold.engine.base import Engine, EngineError, EngineFailure, EngineRequest, EngineResult
+
+CRASH = "SPOOLD_ECHO_CRASH"
 
 
 def _prompt_text(request: EngineRequest) -> str:
@@ -29,6 +31,11 @@ class EchoEngine(Engine):
     daemon mid-job, and `SPOOLD_ECHO_PER_STEP` (requests finished per step,
     oldest first) keeps requests of several jobs in flight together; a prompt containing `SPOOLD_ECHO_REJECT` is rejected as a
     per-request error, as vLLM rejects an over-long prompt.
+
+    Crash tests (docs/decisions-engine-death.md): a prompt containing `SPOOLD_ECHO_CRASH` makes the step
+    that would answer it raise EngineFailure, as a poison request kills vLLM's engine core (every request
+    in flight is lost); `SPOOLD_ECHO_WEDGE_AFTER=N` makes every step after the N-th block for good, as
+    a wedged daemon would (its leases must then lapse).
     """
 
     def __init__(self, model: str, delay: float | None = None) -> None:
@@ -36,6 +43,10 @@ class EchoEngine(Engine):
         self._delay = float(os.environ.get("SPOOLD_ECHO_DELAY", "0")) if delay is None else delay
         self._per_step = int(os.environ.get("SPOOLD_ECHO_PER_STEP", "0"))
         self._pending: list[EngineRequest] = []
+        wedge = os.environ.get("SPOOLD_ECHO_WEDGE_AFTER")
+        self._wedge_after = int(wedge) if wedge else None
+        self._steps = 0
+        self._poisoned = False
 
     def add(self, request: EngineRequest) -> EngineResult | None:
         if request.kind not in ("chat", "completion"):
@@ -44,18 +55,27 @@ class EchoEngine(Engine):
                 custom_id=request.custom_id,
                 error=EngineError("unsupported_kind", f"the echo backend answers chat and completion lines only, not {request.kind}"),
             )
-        if "SPOOLD_ECHO_REJECT" in _prompt_text(request):
+        text = _prompt_text(request)
+        if "SPOOLD_ECHO_REJECT" in text:
             return EngineResult(
                 key=request.key,
                 custom_id=request.custom_id,
                 error=EngineError("invalid_request", "prompt rejected by the echo backend"),
             )
+        self._poisoned = self._poisoned or CRASH in text
         self._pending.append(request)
         return None
 
     def step(self) -> list[EngineResult]:
+        self._steps += 1
+        while self._wedge_after is not None and self._steps > self._wedge_after:
+            time.sleep(3600)  # wedged for good (tests only)
         if self._delay:
             time.sleep(self._delay)
+        if self._poisoned:
+            self._pending.clear()
+            self._poisoned = False
+            raise EngineFailure(f"the echo engine crashed: a {CRASH} line was in flight (a poison request, for tests)")
         cut = self._per_step or len(self._pending)
         done, self._pending = self._pending[:cut], self._pending[cut:]
         return [self._answer(r) for r in done]
@@ -78,7 +98,7 @@ class EchoEngine(Engine):
         finish = "length" if len(out_words) < len(words) else "stop"
         choice: dict[str, Any] = {"text": " ".join(out_words), "finish_reason": finish}
         shape = responses.chat_completion if request.kind == "chat" else responses.text_completion
-        body = shape(self.model, [choice], len(words), len(out_words))
+        body = shape(request.adapter[0] if request.adapter else self.model, [choice], len(words), len(out_words))
         return EngineResult(
             key=request.key,
             custom_id=request.custom_id,

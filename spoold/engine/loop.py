@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -49,7 +50,7 @@ class EngineLoop:
     def in_flight(self) -> int:
         return len(self._owners)
 
-    def fill(self, feeders: list[Feeder], window: int | str, budget: int = FILL_BUDGET) -> None:
+    def fill(self, feeders: Sequence[Feeder], window: int | str, budget: int = FILL_BUDGET) -> None:
         """Add requests from `feeders`, in order, until the window (`engine.window`) is full or the budget is spent."""
         window = resolve_window(window, self.engine)
         for feeder in feeders:

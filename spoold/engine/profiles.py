@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spoold import tinymodel
+from spoold.engine.adapters import VLLM_RANKS, AdapterError, AdapterSpec, adapter_rows, check_adapter
 from spoold.errors import ConfigError, UnknownModel, describe_validation_error
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -89,6 +90,38 @@ class ModelProfile(BaseModel):
     """vLLM's reasoning parser (`--reasoning-parser`, e.g. qwen3): the thinking goes to
     message.reasoning_content, and reasoning_effort is accepted."""
 
+    adapters: list[AdapterSpec] = []
+    """LoRA adapters of this model (engine/adapters.py): each is named like a model and runs on this
+    model's engine (loaded with enable_lora), never a model switch."""
+    max_loras: int | None = Field(None, ge=2)
+    """Adapters in one engine batch (vLLM's max_loras; default 4); more in use take turns. At least 2: with 1,
+    vLLM 0.32 (CPU build, measured) applies the adapter to base-model requests batched beside it."""
+    max_lora_rank: int | None = None
+    """The highest adapter rank the engine takes (vLLM's max_lora_rank; default: the declared adapters' highest)."""
+    adapter: AdapterSpec | None = Field(None, exclude=True)
+    """Set by `resolve_model` when a job names one of `adapters` (not a profile key)."""
+
+    @property
+    def served_name(self) -> str:
+        """The name a job's results carry: the adapter's, else the model's (as vLLM's server names them)."""
+        return self.adapter.name if self.adapter else self.name
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _vllm_rank(cls, value: int | None) -> int | None:
+        if value is not None and value not in VLLM_RANKS:
+            raise ValueError(f"must be one of {', '.join(map(str, VLLM_RANKS))} (vLLM's max_lora_rank values)")
+        return value
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_adapters(cls, value: list[AdapterSpec]) -> list[AdapterSpec]:
+        names = [a.name for a in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"adapter names must be unique: {', '.join(twice)} declared twice")
+        return value
+
     @property
     def serves(self) -> frozenset[str] | None:
         """The line kinds (lines.URL_KINDS values) this model answers; None: not known offline."""
@@ -133,16 +166,41 @@ def load_profiles(model_dirs: list[Path] | None = None) -> dict[str, ModelProfil
         for path in sorted(Path(directory).glob("*.yaml")):
             profile = _load_one(path)
             profiles[profile.name] = profile
+    _check_adapter_names(profiles)
     return profiles
 
 
-def resolve_model(name: str, profiles: dict[str, ModelProfile]) -> ModelProfile:
+def adapter_index(profiles: dict[str, ModelProfile]) -> dict[str, tuple[ModelProfile, AdapterSpec]]:
+    """Adapter name -> (its base profile, its spec)."""
+    return {spec.name: (base, spec) for base in profiles.values() for spec in base.adapters}
+
+
+def resolve_model(name: str, profiles: dict[str, ModelProfile], state_dir: Path | None = None) -> ModelProfile:
+    """The profile a job's model names. An adapter gives its base profile with `adapter` set; with
+    `state_dir` its files are checked too (built-ins built), raising AdapterError before any GPU time."""
     if name in profiles:
         return profiles[name]
+    found = adapter_index(profiles).get(name)
+    if found is not None:
+        base, spec = found
+        if base.task not in (None, "generate"):
+            raise AdapterError(f"adapter {name}: its base model {base.name} is a {base.task} model; adapters run on generating models only")
+        resolved = base.model_copy(update={"adapter": spec})
+        if state_dir is not None:
+            resolved = base.model_copy(update={"adapter": check_adapter(resolved, state_dir, profiles)})
+        return resolved
     path = Path(name)
     if path.is_absolute() and path.is_dir():
         return ModelProfile(name=name, model=str(path), task=None)
-    raise UnknownModel(f"unknown model {name!r}: not a profile ({', '.join(sorted(profiles)) or 'none'}) nor a local model directory")
+    adapters = sorted(adapter_index(profiles))
+    also = f", an adapter ({', '.join(adapters)})" if adapters else ""
+    raise UnknownModel(f"unknown model {name!r}: not a profile ({', '.join(sorted(profiles)) or 'none'}){also} nor a local model directory")
+
+
+def engine_model(name: str, profiles: dict[str, ModelProfile]) -> str:
+    """The engine a model name runs on: an adapter's base, else the name itself (admission groups jobs by it)."""
+    found = adapter_index(profiles).get(name) if name not in profiles else None
+    return found[0].name if found else name
 
 
 def profile_available(profile: ModelProfile, state_dir: Path) -> tuple[bool, str]:
@@ -206,8 +264,23 @@ def models_report(profiles: dict[str, ModelProfile], state_dir: Path) -> str:
                 where,
             )
         )
+    for info in adapter_rows(profiles, state_dir):
+        rank = f", rank {info.rank}" if info.rank else ""
+        rows.append((info.name, f"adapter of {info.base}", "-", "-", "generate", "yes" if info.present else "no", info.where + rank))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows)
+
+
+def _check_adapter_names(profiles: dict[str, ModelProfile]) -> None:
+    """An adapter's name must name nothing else: no profile, no other base's adapter."""
+    seen: dict[str, str] = {}
+    for base in profiles.values():
+        for spec in base.adapters:
+            if spec.name in profiles:
+                raise ConfigError(f"model profile {base.name}: adapter {spec.name} has the name of a model profile")
+            if spec.name in seen:
+                raise ConfigError(f"adapter {spec.name} is declared by both {seen[spec.name]} and {base.name}")
+            seen[spec.name] = base.name
 
 
 def _load_one(path: Path) -> ModelProfile:
@@ -215,6 +288,8 @@ def _load_one(path: Path) -> ModelProfile:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if isinstance(data, dict):
             data.setdefault("name", path.stem)
+            if "adapter" in data:
+                raise ConfigError(f"model profile {path}: adapter: unknown key (declare adapters as `adapters: [{{name, path}}]`)")
         return ModelProfile.model_validate(data)
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"model profile {path}: {exc}") from None

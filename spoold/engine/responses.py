@@ -10,8 +10,8 @@ already in the OpenAI shape of its endpoint (see `chat_logprobs` and
 from __future__ import annotations
 
 import math
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ class TokenLogprob:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{os.urandom(16).hex()}"  # uuid4().hex's 32 hex digits, without building a UUID (a quarter of the cost)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

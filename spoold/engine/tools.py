@@ -19,11 +19,14 @@ constrained to the function's parameters.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 TOOL_STRICT_LEVEL = "parameter"
+RAW_CHARS = 2000
+"""How much of a failed forced call's raw output its error message keeps."""
 TEMPLATE_DEFAULT_KEYS = ("chat_template_kwargs", "reasoning_effort", "response_format")
 """Keys of the profile's sampling defaults that matter here (the rest are SamplingParams)."""
 _STRUCTURED_FIELDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
@@ -31,6 +34,13 @@ _STRUCTURED_FIELDS = ("json", "regex", "choice", "grammar", "json_object", "stru
 
 class ToolsRejected(ValueError):
     """This line's tools, tool_choice or reasoning settings cannot run on this model: its invalid_request."""
+
+
+class ForcedCallFailed(ValueError):
+    """A line whose tool_choice forces a call (`required` or a named function) got no parseable call:
+    that line's error record (its raw text in the message), never a success with the call left in content."""
+
+    code = "tool_call_failed"
 
 
 @dataclass
@@ -127,11 +137,14 @@ class ChatTooling:
         reasoning, content, calls = parser.parse(
             text, request, enable_auto_tools=self.tool_call_parser is not None, model_output_token_ids=token_ids
         )
+        found = [(c.id, c.name, c.arguments) for c in calls or []]
+        kind = tool_choice_kind(request.tool_choice, bool(request.tools))
+        check_forced_call(kind, found, text, finish_reason)
         message, finish = shape_answer(
             reasoning if self.reasoning_parser else None,
             content,
-            [(c.id, c.name, c.arguments) for c in calls or []],
-            tool_choice_kind(request.tool_choice, bool(request.tools)),
+            found,
+            kind,
             finish_reason,
             with_reasoning=self.reasoning_parser is not None,
         )
@@ -160,6 +173,26 @@ def tool_choice_kind(tool_choice: Any, has_tools: bool) -> str:
     if isinstance(tool_choice, str):
         return tool_choice
     return "named"
+
+
+def check_forced_call(choice: str, calls: list[tuple[str | None, str, str]], text: str, finish_reason: str) -> None:
+    """`required` / a named function: at least one call, each with JSON-object arguments, or ForcedCallFailed."""
+    if choice not in ("required", "named"):
+        return
+    why = "" if calls else "no tool call could be parsed from the output"
+    for _, name, arguments in calls:
+        try:
+            parsed = json.loads(arguments) if arguments else {}
+        except ValueError as exc:
+            why = f"the arguments of its call to {name} are not valid JSON ({exc})"
+            break
+        if not isinstance(parsed, dict):
+            why = f"the arguments of its call to {name} are not a JSON object"
+            break
+    if why:
+        cut = "; the output was cut at max_tokens" if finish_reason == "length" else ""
+        raw = text if len(text) <= RAW_CHARS else text[:RAW_CHARS] + "..."
+        raise ForcedCallFailed(f"tool_choice {choice!r} forces a tool call, but {why}{cut}; the model's raw output: {raw!r}")
 
 
 def shape_answer(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,7 +28,7 @@ from spoold.engine.profiles import ModelProfile
 from spoold.job.batch import chunk_count
 from spoold.job.checkpoint import Checkpoint, Progress
 from spoold.job.finish import FinishHooks
-from spoold.job.lines import LineError
+from spoold.job.lines import LineError, known_good_request
 from spoold.job.reader import RawLine, read_lines
 from spoold.job.records import BatchRecord, error_record, success_record
 from spoold.job.sidecar import Sidecar
@@ -44,7 +44,9 @@ MAX_PENDING_CUTS = 4
 class JobHooks(Protocol):
     def should_stop(self) -> bool: ...
     def beat(self, status: str) -> None: ...
-    def chunk_committed(self, seconds: float, succeeded: int, failed: int, prompt_tokens: int, completion_tokens: int) -> None: ...
+    def chunk_committed(
+        self, seconds: float, succeeded: int, failed: int, prompt_tokens: int, completion_tokens: int, model: str = ""
+    ) -> None: ...  # fmt: skip
 
 
 @dataclass
@@ -101,7 +103,7 @@ class ActiveJob:
         self.rate: float | None = None
         self.span = getattr(job, "span", None)
         """For a shard (shards.ShardDir): its range of the input; None for a whole job."""
-        self._lines: Iterator[RawLine] | None = None
+        self._lines: Generator[RawLine, None, None] | None = None
         self._records: list[BatchRecord] = []
         self._cuts: list[Cut] = []
         self.commits: list[Future] = []
@@ -124,7 +126,18 @@ class ActiveJob:
 
     @property
     def model(self) -> str:
+        """The job's model as results name it: its adapter, if it asks for one (`engine_model` is then the base)."""
+        return self.profile.served_name
+
+    @property
+    def engine_model(self) -> str:
+        """The loaded model this job runs on: an adapter job runs on its base's engine (no model switch)."""
         return self.profile.name
+
+    @cached_property
+    def _adapter(self) -> tuple[str, str] | None:
+        spec = self.profile.adapter
+        return (spec.name, spec.path) if spec else None
 
     @property
     def priority(self) -> int:
@@ -163,11 +176,20 @@ class ActiveJob:
         self.progress.dispatched(raw.number, raw.offset)
         self.in_engine += 1
         self.fed = True
-        return EngineRequest(parsed.line, parsed.custom_id, parsed.kind, {**self.sidecar.sampling, **parsed.body})
+        return EngineRequest(parsed.line, parsed.custom_id, parsed.kind, {**self.sidecar.sampling, **parsed.body}, adapter=self._adapter)
 
     def parse(self, raw: RawLine) -> EngineRequest | LineError | None:
         """One input line as the validating pass judged it (later duplicates of a custom_id are errors)."""
+        if self._all_valid:  # the pass found every line valid: decode and take apart, no second judgement
+            try:
+                return known_good_request(raw, self.profile.serves)
+            except Exception:  # noqa: BLE001 - not as its pass saw it: judged in full below
+                pass
         return judge(raw, self.model, self._duplicates, self.profile.serves)
+
+    @cached_property
+    def _all_valid(self) -> bool:
+        return self.validation.invalid == 0 and not self.validation.duplicates
 
     @cached_property
     def _duplicates(self) -> frozenset[int]:

@@ -94,7 +94,9 @@ def _commit(active: ActiveJob, cut: Cut, live: bool = True, final: bool = False)
     # it cuts them as a torn tail and runs their lines again)
     active.checkpoint = checkpoint
     active.rate = (tally.succeeded + tally.failed) / cut.seconds
-    active.ctx.hooks.chunk_committed(cut.seconds, tally.succeeded, tally.failed, tally.prompt_tokens, tally.completion_tokens)
+    active.ctx.hooks.chunk_committed(
+        cut.seconds, tally.succeeded, tally.failed, tally.prompt_tokens, tally.completion_tokens, model=active.model
+    )  # fmt: skip
     if not live:
         return  # the job ends next: its final batch.json follows at once
     if isinstance(active.job, ShardDir):

@@ -16,6 +16,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from spoold.engine import body_rules
 from spoold.engine.base import KIND_URLS, URL_KINDS, EngineRequest, RequestKind
 from spoold.engine.faults import one_line
@@ -29,6 +31,9 @@ TOO_DEEP = f"line is nested too deeply (more than {MAX_NESTING} levels of [ and 
 SHOWN_CHARS = 60
 """Values quoted in error messages are cut to this, so one huge line cannot bloat batch.json."""
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONG_DIGITS = re.compile(r"\d{19}")
+"""19 digits in a row: maybe an integer past 64 bits, which orjson reads as a float (the standard decoder keeps it an int)."""
+_LONG_DIGITS_B = re.compile(rb"\d{19}")
 
 
 class _BadNumber(ValueError):
@@ -89,7 +94,7 @@ def _parse(raw: bytes, line: int, job_model: str, unterminated: bool, serves: Co
     if "\x00" in text:
         return LineError(line, "invalid_json", "line contains a NUL byte (binary data, or UTF-16 text?)")
     try:
-        obj = _DECODER.decode(text)
+        obj = _decode(text)
     except json.JSONDecodeError as exc:
         if unterminated:
             return LineError(line, "truncated_line", "last line is cut off (no newline at end of file): was the upload complete?")
@@ -121,6 +126,49 @@ def _finite_float(text: str) -> float:
 
 _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
 """Made once: json.loads with keyword arguments builds a new decoder on every call."""
+
+
+def _decode(text: str) -> Any:
+    """The JSON value of `text`, as `_DECODER` reads it. orjson first (about 4x faster): where it reads
+    a value at all it reads the same one (same floats, last duplicate key wins), and everything it refuses
+    (NaN, an infinite number, a lone surrogate, very deep nesting, a BOM) goes to `_DECODER`, whose error says why."""
+    if _LONG_DIGITS.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return _DECODER.decode(text)
+
+
+def known_good_request(raw: RawLine, serves: Collection[str] | None = None) -> EngineRequest | None:
+    """The request `parse_raw_line` makes of a line the validating pass found valid, with a fraction of the work.
+
+    For a job whose pass found no invalid line (no duplicate custom_id either), each line is read
+    again only to feed it: what the pass checked holds for the same bytes, so this only decodes the
+    JSON and takes the request apart. None for a blank line. Anything unexpected (the line no longer
+    decodes, or lacks what its pass saw) raises; the caller then judges the line in full."""
+    data = raw.data
+    if raw.too_long is not None or _LONG_DIGITS_B.search(data) is not None:
+        raise ValueError("not a line for the short path")
+    if not data.strip():
+        return None
+    obj = orjson.loads(data)  # a BOM, or whitespace JSON does not know, raises: the full parse strips them
+    if not isinstance(obj, dict):
+        raise ValueError("not an object")
+    line = raw.number
+    if "url" in obj or "body" in obj or "method" in obj:
+        kind = URL_KINDS[obj["url"]]
+        body = obj["body"]
+        custom_id = obj.get("custom_id", f"line-{line}")
+    else:
+        body = dict(obj)
+        custom_id = body.pop("custom_id", f"line-{line}")
+        kind = "chat" if "messages" in body else "completion" if "prompt" in body else "embeddings" if "input" in body else None
+        if kind is None:
+            raise ValueError("no request kind")
+    if not isinstance(body, dict) or not isinstance(custom_id, str) or (serves is not None and kind not in serves):
+        raise ValueError("not the shape its pass saw")  # (a pass run without the model's kinds did not check them)
+    return EngineRequest(line=line, custom_id=custom_id, kind=kind, body=body)
 
 
 def _structure_problem(obj: dict[str, Any], text: str) -> tuple[str, str] | None:

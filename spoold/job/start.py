@@ -38,9 +38,8 @@ log = logging.getLogger(__name__)
 
 UNREADABLE = (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOENT)
 LONG_PASS_BYTES = 1 << 20
-"""Inputs this large open their attempt on disk before the validating pass and keep its summary
-(validation.json); smaller ones validate again in milliseconds when needed: two durable writes fewer
-per job, which matters for thousands of one-line jobs."""
+"""Inputs this large keep their validating pass's summary (validation.json); smaller ones validate again in
+milliseconds when needed: a durable write fewer per job, which matters for thousands of one-line jobs."""
 LIST_EVERY = 1000
 
 
@@ -70,7 +69,7 @@ def start_job(ctx: JobContext, job: JobDir, lease: leases.Lease, fail_reason: st
     try:
         sidecar = _load_sidecar(job, ctx)
         model = sidecar.model or cfg.engine.default_model
-        profile = resolve_model(model, ctx.profiles)
+        profile = resolve_model(model, ctx.profiles, cfg.engine.state_dir)  # an adapter's files are checked here
     except (SidecarError, UnknownModel) as exc:
         return end_job(ctx, job, rec, JobEnd("failed", str(exc)), sidecar, sidecar.model or cfg.engine.default_model, own_gen=lease.gen)
     if fail_reason:
@@ -84,9 +83,8 @@ def start_job(ctx: JobContext, job: JobDir, lease: leases.Lease, fail_reason: st
     size = _size(job.input)
     rec.attempt_mark = _progress_mark(job, checkpoint, validated)
     rec.attempt_node, rec.attempt_run = ctx.node, ctx.run_id  # who opens it: a run still alive never counts
-    if not shard and not validated and size >= LONG_PASS_BYTES:
-        rec.open_attempt = True  # a crash during a long validating pass may be this input's doing
-        job.save_record(rec)
+    # no attempt is opened for the validating pass: lines are bounded (max_line_bytes), so reading them cannot be
+    # what killed a daemon; only a death while the job's requests are in the engine counts (jobcommit.open_attempt)
     try:
         validation = _validation(ctx, job, model, profile.serves, validated, size)
         reason = fatal_reason(validation, sidecar.max_error_ratio)

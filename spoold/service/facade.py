@@ -48,10 +48,14 @@ class _RunHooks:
     def beat(self, status: str) -> None:
         self._service.beat(status)
 
-    def chunk_committed(self, seconds: float, succeeded: int, failed: int, prompt_tokens: int, completion_tokens: int) -> None:
+    def chunk_committed(
+        self, seconds: float, succeeded: int, failed: int, prompt_tokens: int, completion_tokens: int, model: str = ""
+    ) -> None:  # fmt: skip
         metrics = self._service.metrics
         metrics.chunk_done(seconds)
         metrics.requests(succeeded, failed)
+        if model:
+            metrics.model_requests(model, succeeded, failed)
         metrics.tokens(prompt_tokens, completion_tokens)
 
 

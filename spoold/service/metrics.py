@@ -81,6 +81,10 @@ class Metrics:
             "spoold_handler_runs_total", "Handler runs, by handler and outcome.", ["handler", "outcome"], registry=reg
         )
         self._model_loaded = Gauge("spoold_model_loaded", "1 for the model loaded now.", ["model"], registry=reg)
+        self._model_requests = Counter(
+            "spoold_model_requests_total", "Requests answered, by model (a LoRA adapter counts as itself) and outcome.",
+            ["model", "outcome"], registry=reg,
+        )  # fmt: skip
         self._model_load = Histogram("spoold_model_load_seconds", "Time to load a model.", buckets=MODEL_LOAD_BUCKETS, registry=reg)
         self._active_jobs = Gauge("spoold_active_jobs", "Jobs this daemon feeds to its engine now.", registry=reg)
         self._in_flight = Gauge("spoold_requests_in_flight", "Requests inside the engine now.", registry=reg)
@@ -142,6 +146,11 @@ class Metrics:
     def requests(self, succeeded: int, failed: int) -> None:
         self._requests.labels("succeeded").inc(succeeded)
         self._requests.labels("failed").inc(failed)
+
+    def model_requests(self, model: str, succeeded: int, failed: int) -> None:
+        """Requests answered for `model`: a job's model as its results name it (an adapter's own name)."""
+        self._model_requests.labels(model, "succeeded").inc(succeeded)
+        self._model_requests.labels(model, "failed").inc(failed)
 
     def tokens(self, prompt: int, completion: int) -> None:
         self._tokens.labels("prompt").inc(prompt)

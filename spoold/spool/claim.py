@@ -169,4 +169,3 @@ def _read_claimer(staging: Path) -> Claimer | None:
         return Claimer.model_validate(read_json(staging / STATE_DIR / CLAIMER_FILE))
     except (OSError, ValueError, ValidationError):
         return None
-

@@ -41,6 +41,9 @@ class JobRecord(BaseModel):
     """Progress (checkpoints, validating pass) when the open run started: a dead run counts only if it made none."""
     last_error: str | None = None
     retry_after: float = 0.0
+    isolated_until: int = 0
+    """0: the job shares the engine. Else it was in the engine beside other jobs when the engine died, so it runs
+    alone until its checkpoint passes this line (the lines then in flight): a death meanwhile is its own doing."""
     no_sidecar: bool = False
     run_seconds: float = 0.0
     failure_reason: str | None = None

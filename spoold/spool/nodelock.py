@@ -205,11 +205,16 @@ class NodeLock:
         self.holder = self.holder.model_copy(update={"renewed_at": time.time()})
         atomic_write_json(self.path, self.holder.model_dump(exclude={"gen"}))
 
-    def keep(self, on_lost: Callable[[str], None]) -> None:
-        """Renew every `interval` seconds on a thread of its own; `on_lost(message)` once if taken over."""
+    def keep(self, on_lost: Callable[[str], None], alive: Callable[[], bool] | None = None) -> None:
+        """Renew every `interval` seconds on a thread of its own; `on_lost(message)` once if taken over.
+
+        `alive`: while it says False (the daemon's loop is wedged), the heartbeat pauses, so daemons on
+        other hosts see this one as gone after `lease_seconds`, as they would a crashed one."""
 
         def beat() -> None:
             while not self._done.wait(self.interval):
+                if alive is not None and not alive():
+                    continue
                 try:
                     self.renew()
                 except NodeLost as exc:
@@ -263,7 +268,9 @@ def acquire(
             seen = (holder.gen, holder.renewed_at, holder.run)
             if watched is None:
                 watched, watch_started = seen, time.monotonic()
-                log.info("node id %s is held by %s; waiting up to %.0f s to see whether it is alive", node, holder.describe(), lease_seconds)
+                log.info(
+                    "node id %s is held by %s; waiting up to %.0f s to see whether it is alive", node, holder.describe(), lease_seconds
+                )
             elif seen != watched:
                 raise NodeTaken(_taken(node, holder))
             if time.monotonic() - watch_started < lease_seconds:

@@ -81,7 +81,9 @@ def problems(folders: list[Folder], group_name: str = "the spool's group") -> li
         if stat.S_IMODE(f.mode) != want:
             found.append(Problem(f.path, f"{f.path} is {describe(f.mode)}, wants {describe(want)}: {_why(f.mode, f.is_root)}", want))
         if not f.is_root and root_gid is not None and f.gid != root_gid:
-            found.append(Problem(f.path, f"{f.path} belongs to group {_group(f.gid)}, not {group_name} (the spool root's group)", gid=root_gid))
+            found.append(
+                Problem(f.path, f"{f.path} belongs to group {_group(f.gid)}, not {group_name} (the spool root's group)", gid=root_gid)
+            )
     return found
 
 

@@ -34,6 +34,7 @@ SPEC_FAMILIES = {  # SPEC section 8, without the GPU gauges: name (as parsed) ->
     "spoold_build_info": "gauge",
     "spoold_paused": "gauge",  # spoold's addition beside SPEC section 8 (README)
     "spoold_pruned_jobs": "counter",  # spoold's own addition (README), beside SPEC section 8's
+    "spoold_model_requests": "counter",  # spoold's addition: requests by model, a LoRA adapter as itself (docs/monitoring.md)
 }
 GPU_FAMILIES = {
     "spoold_gpu_memory_used_bytes",

@@ -90,6 +90,6 @@ def test_models_report_lists_every_profile(tmp_path: Path, monkeypatch: pytest.M
     profiles = load_profiles()
     lines = models_report(profiles, tmp_path).splitlines()
     assert lines[0].split()[:3] == ["NAME", "MODEL", "MAX"]
-    assert len(lines) == len(profiles) + 1
+    assert len(lines) == len(profiles) + 1 + sum(len(p.adapters) for p in profiles.values())  # adapters have rows too
     row = next(line for line in lines if line.startswith("qwen3-4b "))
     assert "Qwen/Qwen3-4B" in row and "32768" in row and " no " in row

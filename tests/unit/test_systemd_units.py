@@ -21,7 +21,11 @@ from pydantic import BaseModel
 from spoold.config import Config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
-UNITS = {"spoold.service": REPO / "systemd" / "spoold.service", "spoold@.service": REPO / "systemd" / "spoold@.service"}
+UNITS = {
+    "spoold.service": REPO / "systemd" / "spoold.service",
+    "spoold@.service": REPO / "systemd" / "spoold@.service",
+    "spoold-api.service": REPO / "systemd" / "spoold-api.service",
+}
 EXAMPLE_CONFIG = REPO / "etc" / "spoold.yaml"
 SYSTEM_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
 # What may differ between the two units: the instance's identity, nothing else.
@@ -86,7 +90,7 @@ def verify_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("unit", ["spoold.service", "spoold@0.service", "spoold@15.service"])
+@pytest.mark.parametrize("unit", ["spoold.service", "spoold@0.service", "spoold@15.service", "spoold-api.service"])
 def test_systemd_analyze_verify(unit: str, verify_root: Path) -> None:
     result = subprocess.run(
         [systemd_analyze(), "verify", f"--root={verify_root}", "--man=no", unit],
@@ -113,7 +117,7 @@ def test_verify_catches_a_typo(verify_root: Path) -> None:
     assert "ProtectHmoe" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name", ["spoold.service", "spoold@.service"])
+@pytest.mark.parametrize("name", ["spoold.service", "spoold@.service", "spoold-api.service"])
 def test_security_exposure(name: str, tmp_path: Path) -> None:
     unit = tmp_path / name.replace("@.", "@0.")
     shutil.copy(UNITS[name], unit)
@@ -150,6 +154,17 @@ def test_hardening_that_must_stay() -> None:
     assert not keys & {"MemoryDenyWriteExecute", "PrivateDevices", "ProcSubset", "DynamicUser"}
 
 
+def test_api_unit_is_sandboxed_like_the_daemon() -> None:
+    """spoold-api.service: Type=notify, and every sandbox setting of spoold.service but the GPU's device access."""
+    daemon = {(k, v) for s, k, v in directives(UNITS["spoold.service"]) if s == "Service"}
+    api = {(k, v) for s, k, v in directives(UNITS["spoold-api.service"]) if s == "Service"}
+    kinds = ("Protect", "Private", "Restrict", "SystemCall", "Capability", "Ambient", "NoNew", "Lock", "Read", "Device", "UMask", "User")
+    sandbox = {d for d in daemon if d[0].startswith((*kinds, "Group"))}
+    assert sandbox - {("DeviceAllow", "char-nvidia* rw")} <= api
+    assert {("Type", "notify"), ("NotifyAccess", "main"), ("ExecReload", "/bin/kill -HUP $MAINPID"), ("PrivateDevices", "yes")} <= api
+    assert ("ExecStart", "/opt/spoold/venv/bin/spoold api") in api
+
+
 # ---- the example config the units read --------------------------------------------------------
 
 
@@ -183,7 +198,7 @@ def test_example_config_handler_examples_parse() -> None:
     block = text.split("# handlers:\n", 1)[1].split("#   Every handler", 1)[0]
     example = "handlers:\n" + "".join(line[2:] + "\n" for line in block.splitlines())
     config = parse_config(example, "commented handlers example")
-    assert {h.type for h in config.handlers} == {"webhook", "exec", "copy", "python"}
+    assert {h.type for h in config.handlers} == {"webhook", "exec", "copy", "python", "s3", "postgres", "label_studio"}
 
 
 def test_gpu_group_drop_in_verifies(verify_root: Path) -> None:

@@ -21,14 +21,15 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from spoold import tinymodel
 from spoold.config import Config
 from spoold.engine import chat, responses, sampling
-from spoold.engine.base import KIND_URLS, Engine, EngineError, EngineFailure, EngineRequest, EngineResult, ModelLoadError
+from spoold.engine.base import KIND_URLS, Engine, EngineError, EngineRequest, EngineResult, ModelLoadError
 from spoold.engine.profiles import ModelProfile
-from spoold.engine.tools import ChatPlan, ChatTooling, ToolsRejected, parser_class
+from spoold.engine.tools import ChatPlan, ChatTooling, ForcedCallFailed, ToolsRejected, parser_class
+from spoold.engine.vllm.liveness import CoreWatch, request_errors
 from spoold.engine.vllm.load import (
     CPU_DEFAULTS,
     check_engine_arg_names,
@@ -36,8 +37,10 @@ from spoold.engine.vllm.load import (
     hub_offline,
     load_reason,
     merged_engine_args,
+    one_line,
     resolve_model_path,
 )
+from spoold.engine.vllm.lora import AdapterRejected, LoraBook
 from spoold.engine.vllm.outbox import Outbox
 from spoold.engine.vllm.pooling import POOLING_KINDS, PoolingFrontend, PoolingRejected
 
@@ -93,10 +96,12 @@ class VllmEngine(Engine):
         self._outbox = Outbox()
         """Rendered, not yet handed to vLLM: `step` hands them over all at once."""
         self._ids = itertools.count()
-        self._errors = _vllm_request_errors()
+        self._errors = request_errors()
         self._pooling = PoolingFrontend(llm, name)
         """Embeddings, score and rerank lines (see pooling.py); `kinds` is what this model serves."""
         self.kinds = self._pooling.kinds
+        self.watch = CoreWatch(getattr(llm, "engine_core", None), 30.0)  # a dead or hung core: EngineFailure in seconds
+        self.loras = LoraBook(name, {})  # each adapter's LoRARequest (`load` sets it from the engine arguments)
 
     # ---- loading ---------------------------------------------------------------------------
 
@@ -104,7 +109,7 @@ class VllmEngine(Engine):
     def load(cls, config: Config, profile: ModelProfile) -> VllmEngine:
         """Build the engine for `profile`; any failure becomes one readable ModelLoadError."""
         model_path = resolve_model_path(profile, config.engine.state_dir)
-        engine_args = merged_engine_args(profile, dict(config.engine.engine_args))
+        engine_args = merged_engine_args(profile, dict(config.engine.engine_args), config.engine.state_dir)
         local = Path(model_path).is_dir()
         started = time.monotonic()
         try:
@@ -142,7 +147,8 @@ class VllmEngine(Engine):
         except Exception as exc:  # noqa: BLE001 - any vLLM start-up failure is a model-load failure
             log.error("loading model %s (%s) failed", profile.name, model_path, exc_info=True)
             raise ModelLoadError(load_reason(exc)) from exc
-        engine.load_seconds = time.monotonic() - started
+        engine.watch.timeout = config.engine.step_timeout_seconds
+        engine.load_seconds, engine.loras = time.monotonic() - started, LoraBook(profile.name, engine_args)
         freeze_heap()
         log.debug("model %s loaded from %s in %.1fs", profile.name, model_path, engine.load_seconds)
         return engine
@@ -162,6 +168,7 @@ class VllmEngine(Engine):
         if request.kind in POOLING_KINDS:
             return self._add_pooling(request)
         try:
+            lora = self.loras.request_for(request.adapter)
             plan = self._tooling.plan(request.body, self._defaults) if request.kind == "chat" else None
             prompt_ids = self._prompt_ids(request, plan)
             if len(prompt_ids) >= self._max_model_len:
@@ -170,20 +177,21 @@ class VllmEngine(Engine):
                     f"prompt is {len(prompt_ids)} tokens; model {self.model} allows at most "
                     f"{self._max_model_len} tokens in total (prompt plus at least one generated token)",
                 )
-            kwargs = sampling.sampling_kwargs(request.body, request.kind, len(prompt_ids), self._max_model_len, self._defaults)
+            kwargs = sampling.sampling_kwargs(
+                request.body, cast(sampling.Kind, request.kind), len(prompt_ids), self._max_model_len, self._defaults
+            )
             if plan is not None:
                 plan.apply(kwargs)
             request_id = f"{next(self._ids)}-{request.key}"
-            self._queue(request_id, prompt_ids, kwargs, request.key)
+            self._queue(request_id, prompt_ids, kwargs, request.key, lora)
         except RequestRejected as exc:
             return _error(request, exc.code, str(exc))
-        except (sampling.SamplingError, chat.ChatRejected, ToolsRejected) as exc:
+        except (sampling.SamplingError, chat.ChatRejected, ToolsRejected, AdapterRejected) as exc:
             return _error(request, "invalid_request", str(exc))
         except self._errors as exc:
-            return _error(request, "invalid_request", _one_line(exc))
+            return _error(request, "invalid_request", one_line(exc))
         except Exception as exc:  # noqa: BLE001 - anything else means the engine itself is gone
-            log.error("vLLM engine rejected a request unexpectedly", exc_info=True)
-            raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
+            raise self.watch.failure(exc, "rejected a request unexpectedly") from exc
         self._pending[request_id] = _Pending(request, len(prompt_ids), kwargs["logprobs"], int(time.time()), prompt_ids, plan)
         return None
 
@@ -194,10 +202,9 @@ class VllmEngine(Engine):
         except PoolingRejected as exc:
             return _error(request, "invalid_request", str(exc))
         except self._errors as exc:
-            return _error(request, "invalid_request", _one_line(exc))
+            return _error(request, "invalid_request", one_line(exc))
         except Exception as exc:  # noqa: BLE001 - anything else means the engine itself is gone
-            log.error("vLLM engine rejected a pooling request unexpectedly", exc_info=True)
-            raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
+            raise self.watch.failure(exc, "rejected a pooling request unexpectedly") from exc
         return None
 
     def step(self) -> list[EngineResult]:
@@ -206,11 +213,11 @@ class VllmEngine(Engine):
         results = self._flush()
         if not self._pending and not len(self._pooling):
             return results  # vLLM refused all that was queued
+        self.watch.await_output()  # a dead or hung core: EngineFailure now, not a step that never returns
         try:
             outputs = self._llm.step()
         except Exception as exc:  # noqa: BLE001 - a dead engine (EngineDeadError, worker crash) fails the attempt
-            log.error("vLLM engine step failed", exc_info=True)
-            raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
+            raise self.watch.failure(exc, "step failed") from exc
         for output in outputs:
             if not output.finished:
                 continue
@@ -287,7 +294,7 @@ class VllmEngine(Engine):
             return list(prompt)
         raise RequestRejected("invalid_request", "prompt must be a non-empty string or list of token ids (one prompt per line)")
 
-    def _queue(self, request_id: str, prompt_ids: list[int], kwargs: dict[str, Any], key: int) -> None:
+    def _queue(self, request_id: str, prompt_ids: list[int], kwargs: dict[str, Any], key: int, lora: Any = None) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -298,16 +305,15 @@ class VllmEngine(Engine):
             output_kind=RequestOutputKind.FINAL_ONLY,  # one output per request, all n choices together
             skip_clone=True,  # built for this request alone: no deep copy in add_request (as vLLM's server does)
         )
-        self._outbox.put(request_id, self._engine_input(prompt_ids), params, key)
+        self._outbox.put(request_id, self._engine_input(prompt_ids), params, key, lora)
 
     def _flush(self) -> list[EngineResult]:
         """Hand every queued request to vLLM; one it refuses is that line's error (returned)."""
         try:
             refused = self._outbox.flush(self._llm.add_request, self._errors)
         except Exception as exc:  # noqa: BLE001 - anything else means the engine itself is gone
-            log.error("vLLM engine rejected a request unexpectedly", exc_info=True)
-            raise EngineFailure(f"vLLM engine failed: {_one_line(exc)}") from exc
-        return [self._refuse(request_id, _one_line(exc)) for request_id, exc in refused]
+            raise self.watch.failure(exc, "rejected a request unexpectedly") from exc
+        return [self._refuse(request_id, one_line(exc)) for request_id, exc in refused]
 
     def _refuse(self, request_id: str, message: str) -> EngineResult:
         if self._pooling.owns(request_id):
@@ -339,9 +345,12 @@ class VllmEngine(Engine):
                 "stop_reason": c.stop_reason,
             }
             if request.kind == "chat":
-                choice["message"], choice["finish_reason"], thought = self._tooling.answer(
-                    pending.plan, c.text, c.token_ids, choice["finish_reason"], pending.prompt_ids
-                )
+                try:
+                    choice["message"], choice["finish_reason"], thought = self._tooling.answer(
+                        pending.plan, c.text, c.token_ids, choice["finish_reason"], pending.prompt_ids
+                    )
+                except ForcedCallFailed as exc:  # a forced call is a call or this line's error (tools.py)
+                    return _error(request, exc.code, str(exc))
                 reasoning_tokens += thought
             if pending.logprobs is not None:
                 tokens = _token_logprobs(c, pending.logprobs)
@@ -351,7 +360,9 @@ class VllmEngine(Engine):
         prompt_tokens = len(output.prompt_token_ids or []) or pending.prompt_tokens
         completion_tokens = sum(len(c.token_ids) for c in completions)
         shape = responses.chat_completion if request.kind == "chat" else responses.text_completion
-        body = shape(self.model, choices, prompt_tokens, completion_tokens, created=pending.created)
+        body = shape(
+            request.adapter[0] if request.adapter else self.model, choices, prompt_tokens, completion_tokens, created=pending.created
+        )
         if request.kind == "chat" and self._tooling.reasoning_parser:  # as vLLM's server reports them
             body["usage"]["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
         return EngineResult(
@@ -385,18 +396,3 @@ def _token_logprobs(completion: Any, top: int) -> list[responses.TokenLogprob]:
 
 def _error(request: EngineRequest, code: str, message: str) -> EngineResult:
     return EngineResult(key=request.key, custom_id=request.custom_id, error=EngineError(code, message))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _vllm_request_errors() -> tuple[type[BaseException], ...]:
-    """What vLLM raises for one bad request (not a dead engine)."""
-    errors: list[type[BaseException]] = [ValueError, TypeError]
-    with contextlib.suppress(ImportError):
-        from vllm.exceptions import VLLMClientError
-
-        errors.append(VLLMClientError)
-    return tuple(errors)

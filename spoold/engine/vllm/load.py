@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from spoold import tinymodel
+from spoold.engine.adapters import lora_engine_args
 from spoold.engine.base import ModelLoadError
 from spoold.engine.profiles import ModelProfile
 
@@ -32,9 +33,12 @@ def resolve_model_path(profile: ModelProfile, state_dir: Path) -> str:
     return profile.model
 
 
-def merged_engine_args(profile: ModelProfile, site_args: dict[str, Any]) -> dict[str, Any]:
-    """Profile engine_args, then the site's `engine.engine_args` (this host knows its hardware best)."""
+def merged_engine_args(profile: ModelProfile, site_args: dict[str, Any], state_dir: Path | None = None) -> dict[str, Any]:
+    """LoRA settings of a base with adapters (with `state_dir`), profile engine_args, then the site's
+    `engine.engine_args` (this host knows its hardware best)."""
     args: dict[str, Any] = {"disable_log_stats": True}
+    if state_dir is not None:
+        args.update(lora_engine_args(profile, state_dir))
     args.update(profile.engine_args)
     args.update(site_args)
     return args

@@ -20,6 +20,8 @@ class Outgoing:
     params: Any
     key: int
     """The engine loop's key of the line (a pooling line may be several requests)."""
+    lora: Any = None
+    """vLLM's LoRARequest of the line's adapter, or None (the base model)."""
 
 
 class Outbox:
@@ -29,8 +31,8 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, request_id: str, prompt: Any, params: Any, key: int) -> None:
-        self._items.append(Outgoing(request_id, prompt, params, key))
+    def put(self, request_id: str, prompt: Any, params: Any, key: int, lora: Any = None) -> None:
+        self._items.append(Outgoing(request_id, prompt, params, key, lora))
 
     def drop(self, keys: set[int]) -> None:
         """Forget the queued requests of these lines (their job was cancelled or lost)."""
@@ -39,9 +41,7 @@ class Outbox:
     def clear(self) -> None:
         self._items.clear()
 
-    def flush(
-        self, add_request: Callable[[str, Any, Any], object], refusable: tuple[type[BaseException], ...]
-    ) -> list[tuple[str, BaseException]]:
+    def flush(self, add_request: Callable[..., object], refusable: tuple[type[BaseException], ...]) -> list[tuple[str, BaseException]]:
         """Hand every queued request to `add_request`, in order; (request id, error) for each one it
         refused with a `refusable` error. A refused line's later requests are not handed over; any
         other exception propagates (the engine itself is gone)."""
@@ -52,7 +52,10 @@ class Outbox:
             if item.key in gone:
                 continue
             try:
-                add_request(item.request_id, item.prompt, item.params)
+                if item.lora is None:
+                    add_request(item.request_id, item.prompt, item.params)
+                else:
+                    add_request(item.request_id, item.prompt, item.params, lora_request=item.lora)
             except refusable as exc:
                 gone.add(item.key)
                 refused.append((item.request_id, exc))
