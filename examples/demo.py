@@ -5,8 +5,11 @@ Run from the repository root with the project's virtualenv (make demo does both)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,6 +28,10 @@ EXAMPLES = Path(__file__).resolve().parent
 SPOOL = ROOT / "spool"
 STATE = ROOT / ".state"
 CONFIG = STATE / "demo-spoold.yaml"
+API_KEYS = STATE / "demo-api-keys"
+API_SECRET = f"sk-demo-{secrets.token_hex(8)}"
+"""A fresh key per run; the keys file holds only its SHA-256 (docs/api.md, Keys and tenants)."""
+API_JOB = "chat"
 JOBS = ["chat", "completions", "adapter", "with-bad-lines", "embeddings", "function-calling"]
 """`adapter` runs on tiny-random's engine with the LoRA adapter tiny-random-lora-a, beside `completions`."""
 
@@ -43,7 +50,9 @@ def write_config() -> None:
         "chunk_size": 4,
         "metrics": {"listen": "127.0.0.1:0"},
         "logging": {"format": "text"},
+        "api": {"listen": "127.0.0.1:0", "keys_file": str(API_KEYS)},
     }
+    API_KEYS.write_text(keys_line("demo", API_SECRET) + "\n")
     CONFIG.write_text(yaml.safe_dump(config, sort_keys=False))
     Config.model_validate(config)
 
@@ -59,6 +68,58 @@ def wait_finished(name: str, daemon: subprocess.Popen[bytes], timeout: float = 6
             raise SystemExit(f"[demo] the daemon exited early ({daemon.returncode}); see {STATE / 'demo-spoold.log'}")
         time.sleep(0.5)
     raise SystemExit(f"[demo] {name} did not finish within {timeout:.0f} s")
+
+
+def keys_line(name: str, secret: str) -> str:
+    """One line of `api.keys_file` for a key (pure)."""
+    return f"{name} sha256:{hashlib.sha256(secret.encode('utf-8')).hexdigest()}"
+
+
+def api_url(log_text: str) -> str | None:
+    """The base URL `spoold api` logs once it listens (port 0: a free one), or None yet (pure)."""
+    match = re.search(r"listening on (http://[^\s]+/v1)", log_text)
+    return match.group(1) if match else None
+
+
+def api_batch(config: Path, secret: str, jsonl: Path, log_path: Path, timeout: float = 600) -> tuple[str, list[str]]:
+    """`spoold api` on a free loopback port, one batch through it with the openai SDK (upload, create, poll until
+    it ends, the output's first answer); its final status and the report lines. The API process is stopped before returning."""
+    from openai import OpenAI
+
+    spool_dir = Config.model_validate(yaml.safe_load(config.read_text())).spool_dir
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
+        api = subprocess.Popen([sys.executable, "-m", "spoold", "api", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while (url := api_url(log_path.read_text(errors="replace")[offset:])) is None:
+            if api.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"[demo] spoold api did not start ({api.poll()}); see {log_path}")
+            time.sleep(0.2)
+        client = OpenAI(base_url=url, api_key=secret)
+        with jsonl.open("rb") as fh:
+            upload = client.files.create(file=fh, purpose="batch")
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+        deadline = time.monotonic() + timeout
+        while (batch := client.batches.retrieve(batch.id)).status not in ("completed", "failed", "expired", "cancelled"):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"[demo] {batch.id} did not end within {timeout:.0f} s")
+            time.sleep(0.5)
+        counts = batch.request_counts
+        ok = f"{counts.completed}/{counts.total} requests answered" if counts else "no counts"
+        lines = [f"  {url}: uploaded {upload.id}, batch {batch.id} {batch.status}, {ok}"]
+        if batch.output_file_id:
+            outputs = [json.loads(line) for line in client.files.content(batch.output_file_id).text.split("\n") if line.strip()]
+            order = [json.loads(line).get("custom_id") for line in jsonl.read_text(encoding="utf-8").split("\n") if line.strip()]
+            first = min(
+                outputs, key=lambda r: order.index(r["custom_id"]) if r["custom_id"] in order else len(order)
+            )  # answers come as they finish
+            lines.append(f"  {first['custom_id']} -> {_short(_answer(first['response']['body']['choices'][0]), 72)!r}")
+        lines.append(f"  on disk: {spool_dir / 'done' / batch.id}/ (output.jsonl, errors.jsonl, batch.json)")
+        return batch.status, lines
+    finally:
+        api.send_signal(signal.SIGTERM)
+        api.wait(timeout=30)
 
 
 def job_row(job: Path) -> str:
@@ -167,6 +228,8 @@ def main() -> int:
     try:
         results = [wait_finished(n, daemon) for n in names]
         wall = time.monotonic() - daemon_started
+        say(f"the same {API_JOB} job through the OpenAI Batch API (spoold api, the openai SDK):")
+        api_status, api_lines = api_batch(CONFIG, API_SECRET, EXAMPLES / f"{API_JOB}.jsonl", STATE / "demo-api.log")
     finally:
         daemon.send_signal(signal.SIGTERM)
         code = daemon.wait(timeout=120)
@@ -183,10 +246,13 @@ def main() -> int:
     for job in results:
         for line in job_samples(job):
             print(line)
+    print("\nOne batch through the OpenAI Batch API:")
+    for line in api_lines:
+        print(line)
     print()
     for job in results:
         say(f"results: {job}/output.jsonl, errors: {job}/errors.jsonl, status: {job}/batch.json")
-    return 0 if code == 0 and all(j.parent.name == "done" for j in results) else 1
+    return 0 if code == 0 and api_status == "completed" and all(j.parent.name == "done" for j in results) else 1
 
 
 if __name__ == "__main__":

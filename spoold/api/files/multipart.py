@@ -1,9 +1,11 @@
 """A multipart/form-data upload parsed as it arrives (python-multipart's streaming parser, fed from
-Starlette's `request.stream()`): the file part goes straight into its temp folder in the spool, in
-writes of about a MiB, never to /tmp and never whole in memory. The small `purpose` field is kept."""
+Starlette's `request.stream()`): the file part goes straight into its temp folder in the spool, in blocks
+of WRITE_BUFFER, one worker-thread hop per block (not per received chunk), each block written while the
+next is received; never to /tmp and never whole in memory. The small `purpose` field is kept."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -93,9 +95,20 @@ def boundary_of(content_type: str | None) -> bytes:
 
 
 async def receive_upload(stream: AsyncIterator[bytes], content_type: str | None, upload: Upload) -> FileRecord:
-    """Parse the body into `upload` and commit it (in threads: the event loop never waits on the disk)."""
+    """Parse the body into `upload` and commit it (in threads: the event loop never waits on the disk). One block's
+    write runs while the next block is received, so the disk and the parser overlap; at most two blocks in memory."""
     parts = _Parts(upload)
     parser = MultipartParser(boundary_of(content_type), parts.callbacks())  # type: ignore[arg-type]
+    writing: asyncio.Future[None] | None = None
+
+    async def flush(data: bytes) -> None:
+        nonlocal writing
+        if writing is not None:
+            await writing
+        writing = asyncio.ensure_future(anyio.to_thread.run_sync(upload.write, data)) if data else None
+        if upload.over_limit:
+            raise too_large(upload.limit)
+
     await anyio.to_thread.run_sync(upload.open)
     try:
         async for chunk in stream:
@@ -104,12 +117,10 @@ async def receive_upload(stream: AsyncIterator[bytes], content_type: str | None,
             except FormParserError as exc:
                 raise bad_request(f"Malformed multipart body: {exc}.", param="file") from None
             if parts.pending_bytes >= WRITE_BUFFER:
-                await anyio.to_thread.run_sync(upload.write, parts.take_pending())
-                if upload.over_limit:
-                    raise too_large(upload.limit)
+                await flush(parts.take_pending())
         parser.finalize()
-        if parts.pending_bytes:
-            await anyio.to_thread.run_sync(upload.write, parts.take_pending())
+        await flush(parts.take_pending())
+        await flush(b"")
         if parts.filename is None:
             raise bad_request("Missing required parameter: 'file'.", param="file")
         purpose = parts.fields.get("purpose")
@@ -117,12 +128,20 @@ async def receive_upload(stream: AsyncIterator[bytes], content_type: str | None,
             upload.commit, parts.filename, purpose.decode("utf-8", "replace").strip() if purpose is not None else None
         )
     except ApiError:
+        await _settle(writing)
         await anyio.to_thread.run_sync(upload.abort)
         await drain(stream)  # so the client reads the error, not a reset connection
         raise
     except BaseException:
+        await _settle(writing)
         await anyio.to_thread.run_sync(upload.abort)
         raise
+
+
+async def _settle(writing: asyncio.Future[None] | None) -> None:
+    """Wait out a write still in flight (its own error, if any, is beside the point now) before the folder goes."""
+    if writing is not None:
+        await asyncio.gather(writing, return_exceptions=True)
 
 
 async def drain(stream: AsyncIterator[bytes], limit: int = DRAIN_BYTES) -> Any:

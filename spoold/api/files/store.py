@@ -22,6 +22,7 @@ CONTENT, RECORD = "content", "file.json"
 HEAD_BYTES = 1 << 20
 """The first MiB of an upload is kept to check that it is JSONL (its first line must be a JSON object)."""
 WRITE_BUFFER = 1 << 20
+"""Upload bytes are written in blocks of this size, one worker-thread hop each (benchmarks/api.md)."""
 PURPOSES = ("batch",)
 
 
