@@ -63,8 +63,10 @@ demo: install
 bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/core_loop.py
+	$(PY) benchmarks/per_line.py
 	$(PY) benchmarks/shards.py
 	$(PY) benchmarks/api.py
+	$(PY) benchmarks/adapters.py
 
 fuzz: install
 	@echo "fuzzing with SPOOLD_FUZZ_SEED=$(FUZZ_SEED) SPOOLD_FUZZ_SCALE=$(FUZZ_SCALE)"

@@ -3,6 +3,7 @@
   vllm-job     one N-request chat job: spoold drop-to-done (model already loaded) vs one raw
                LLM.chat over the whole list vs vLLM run_batch's marginal rate
   vllm-split   the same 2,048 requests as 1 job and as 32 jobs of 64 dropped at once
+  vllm-uneven  the same requests as 1 job and as 20 jobs of uneven sizes (5-200 lines, priorities 0/1) dropped at once
   pickup       sidecar arrival -> claim, p50/p95, inotify and poll (echo backend)
   memory       the daemon's own peak RSS (VmHWM) after 20K, 400K and 5M-line jobs (echo backend)
   deep-inbox   one-line jobs taken per second with 200, 2,000 and 20,000 waiting (echo backend)
@@ -31,7 +32,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from run import chat_body, run_vllm_run_batch  # noqa: E402
 
-SECTIONS = ("vllm-job", "vllm-split", "pickup", "memory", "deep-inbox")
+SECTIONS = ("vllm-job", "vllm-split", "vllm-uneven", "pickup", "memory", "deep-inbox")
+UNEVEN_SEED = 25
+"""The uneven mix's own seed: the sizes and priorities of its 20 jobs."""
 IDLE_BETWEEN = 0.3  # seconds between two timed runs on one daemon
 
 
@@ -242,6 +245,48 @@ def section_vllm_split(work: Path, max_tokens: int, pairs: int = 15) -> list[str
     return rows
 
 
+def uneven_mix(seed: int = UNEVEN_SEED, jobs: int = 20) -> list[tuple[int, int]]:
+    """(lines, priority) of `jobs` jobs: sizes 5-200 lines, priorities 0 or 1, drawn from `seed` (pure)."""
+    rng = random.Random(seed)
+    return [(rng.randint(5, 200), rng.choice((0, 1))) for _ in range(jobs)]
+
+
+def section_vllm_uneven(work: Path, max_tokens: int, pairs: int = 5) -> list[str]:
+    """Uneven jobs dropped together vs one job of the same total, alternating, each timed from before its first write to the last in done/."""
+    mix = uneven_mix()
+    total = sum(n for n, _ in mix)
+    rows = [f"\n## Uneven jobs vs one job of the same {total} requests, dropped at once (real vLLM, model loaded)\n",
+            f"20 jobs of {', '.join(str(n) for n, _ in mix)} lines (priorities {''.join(str(p) for _, p in mix)}; seed {UNEVEN_SEED}) "
+            f"against 1 job of {total}, run alternately {pairs} times on one warm daemon, each from before its first file is written "
+            f"to the last job in done/, {IDLE_BETWEEN:g} s apart; each pair's ratio, then the median.\n",
+            f"| pair | 1 job of {total}, s | 20 uneven jobs, s | uneven vs 1 big |", "|---:|---:|---:|---:|"]  # fmt: skip
+    d = warm_daemon(work, "vllm-uneven")
+    lines = chat_lines(total, max_tokens)
+    runs = []
+    for k in range(pairs):
+        started = time.monotonic()
+        d.drop(f"one{k}", lines)
+        one_s = d.wait_done([f"one{k}"]) - started
+        time.sleep(IDLE_BETWEEN)
+        started = time.monotonic()
+        names, at = [], 0
+        for j, (n, priority) in enumerate(mix):
+            names.append(f"mix{k}-{j:02d}")
+            d.drop(names[-1], lines[at : at + n], {"priority": priority})
+            at += n
+        many_s = d.wait_done(names) - started
+        time.sleep(IDLE_BETWEEN)
+        runs.append((one_s, many_s))
+        rows.append(f"| {k + 1} | {one_s:.1f} | {many_s:.1f} | {one_s / many_s:.2f}x |")
+    d.stop()
+    median = statistics.median(one_s / many_s for one_s, many_s in runs)
+    rows.append(
+        f"| **median** | {statistics.median(r[0] for r in runs):.1f} | {statistics.median(r[1] for r in runs):.1f} | **{median:.2f}x** |"
+    )
+    rows.append("\nTarget: uneven >= 0.95x 1 big (the median).")
+    return rows
+
+
 def section_pickup(work: Path, drops: int = 40) -> list[str]:
     rows = ["\n## Pickup: sidecar arrival to claim (echo backend, settle_seconds 0.5, poll_interval 5)\n",
             "| watch mode | p50 s | p95 s | p50 - settle |", "|---|---:|---:|---:|"]  # fmt: skip
@@ -353,6 +398,8 @@ def main() -> int:
                 rows += section_vllm_job(work, args.requests, args.max_tokens, model_dir)
             elif section == "vllm-split":
                 rows += section_vllm_split(work, args.max_tokens)
+            elif section == "vllm-uneven":
+                rows += section_vllm_uneven(work, args.max_tokens)
             elif section == "pickup":
                 rows += section_pickup(work)
             elif section == "memory":

@@ -52,7 +52,7 @@ class EngineConfig(Strict):
     """Extra vLLM engine arguments applied to every model (e.g. device settings)."""
     step_timeout_seconds: Seconds = Field(30.0, gt=0)
     """A vLLM engine step that returns nothing for this long means a hung engine (a stopped engine core,
-    a GPU that stopped answering): it is ended and reloaded like a dead one (docs/decisions-engine-death.md)."""
+    a GPU that stopped answering): it is ended and reloaded like a dead one (docs/decisions.md, "When the engine dies")."""
 
 
 class MetricsConfig(Strict):

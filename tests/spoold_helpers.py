@@ -68,7 +68,8 @@ def assert_exactly_once(job_dir: Path, custom_ids: list[str]) -> None:
     seen = Counter(r["custom_id"] for r in read_records(job_dir))
     missing = [c for c in custom_ids if seen[c] == 0]
     twice = {c: n for c, n in seen.items() if n > 1}
-    extra = [c for c in seen if c not in set(custom_ids)]
+    wanted = set(custom_ids)
+    extra = [c for c in seen if c not in wanted]
     assert not missing and not twice and not extra, f"missing={missing[:10]} twice={list(twice)[:10]} extra={extra[:10]}"
 
 

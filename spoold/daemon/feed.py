@@ -66,7 +66,7 @@ class Feeding(Candidates):
                     self.io.submit(job.name, open_attempt, job)
             loop.step()
         except EngineFailure as exc:
-            self._engine_failed(f"engine error: {exc}")
+            self._engine_failed(f"engine error: {exc}", crashed=True)
             return False
         except Exception as exc:  # noqa: BLE001 - a bug in the engine path: like an engine failure, never a crash loop
             message = f"unexpected error: {one_line(exc)}"
@@ -90,18 +90,17 @@ class Feeding(Candidates):
         # with every job waiting for its commits and nothing in flight, sleep until a commit lands
         return loop.in_flight() > 0 or any(not j.backlogged() for j in self.active)
 
-    def _engine_failed(self, message: str) -> None:
+    def _engine_failed(self, message: str, crashed: bool = False) -> None:
         """The engine as a whole failed (died, hung, or a bug on its path): one ERROR line, then the crash rules
-        (docs/decisions-engine-death.md). What finished is kept; the engine is unloaded and loaded afresh when
+        (docs/decisions.md, "When the engine dies"). What finished is kept; the engine is unloaded and loaded afresh when
         the jobs resume from their checkpoints (at once). Only a job alone in the engine is charged the attempt;
         jobs that shared it run isolated (alone) past the lines they had in flight, which finds the culprit."""
         stopping = self.stop_requested
         in_flight = [j for j in self.active if j.in_engine > 0]
         model = self.engines.loaded_model or (self.loop.engine.model if self.loop else "?")
         then = "stopping" if stopping else "reloading it; the jobs resume from their checkpoints"
-        log.error(
-            "engine of model %s failed: %s; jobs in flight: %s; %s", model, message, ", ".join(j.name for j in in_flight) or "none", then
-        )
+        told = log.error if crashed else log.info  # a bug on spoold's side is told by each job's own error line
+        told("engine of model %s failed: %s; jobs in flight: %s; %s", model, message, ", ".join(j.name for j in in_flight) or "none", then)
         for job in list(self.active):
             self.active.remove(job)
             job.dropped(job.in_engine)
@@ -109,7 +108,7 @@ class Feeding(Candidates):
                 self._close(job, "stopped")  # its requests were not in the engine: not its doing
             elif len(in_flight) == 1:  # alone in the engine: charged, and it keeps running alone
                 job.record.isolated_until = max(job.record.isolated_until, job.progress.read_line)
-                self._close(job, "retry", f"it crashed the engine each time it ran alone in it ({message})")
+                self._close(job, "retry", f"it crashed the engine each time it ran alone in it ({message})" if crashed else message)
             else:
                 job.record.isolated_until = max(job.record.isolated_until, job.progress.read_line)
                 log.info("shared the engine when it failed: runs alone up to line %d", job.record.isolated_until, extra={"job": job.name})

@@ -32,7 +32,7 @@ class EchoEngine(Engine):
     oldest first) keeps requests of several jobs in flight together; a prompt containing `SPOOLD_ECHO_REJECT` is rejected as a
     per-request error, as vLLM rejects an over-long prompt.
 
-    Crash tests (docs/decisions-engine-death.md): a prompt containing `SPOOLD_ECHO_CRASH` makes the step
+    Crash tests (docs/decisions.md, "When the engine dies"): a prompt containing `SPOOLD_ECHO_CRASH` makes the step
     that would answer it raise EngineFailure, as a poison request kills vLLM's engine core (every request
     in flight is lost); `SPOOLD_ECHO_WEDGE_AFTER=N` makes every step after the N-th block for good, as
     a wedged daemon would (its leases must then lapse).
@@ -46,7 +46,7 @@ class EchoEngine(Engine):
         wedge = os.environ.get("SPOOLD_ECHO_WEDGE_AFTER")
         self._wedge_after = int(wedge) if wedge else None
         self._steps = 0
-        self._poisoned = False
+        self._poisoned: set[int] = set()  # keys of SPOOLD_ECHO_CRASH requests
 
     def add(self, request: EngineRequest) -> EngineResult | None:
         if request.kind not in ("chat", "completion"):
@@ -62,7 +62,8 @@ class EchoEngine(Engine):
                 custom_id=request.custom_id,
                 error=EngineError("invalid_request", "prompt rejected by the echo backend"),
             )
-        self._poisoned = self._poisoned or CRASH in text
+        if CRASH in text:
+            self._poisoned.add(request.key)
         self._pending.append(request)
         return None
 
@@ -72,11 +73,11 @@ class EchoEngine(Engine):
             time.sleep(3600)  # wedged for good (tests only)
         if self._delay:
             time.sleep(self._delay)
-        if self._poisoned:
-            self._pending.clear()
-            self._poisoned = False
-            raise EngineFailure(f"the echo engine crashed: a {CRASH} line was in flight (a poison request, for tests)")
         cut = self._per_step or len(self._pending)
+        if self._poisoned and any(r.key in self._poisoned for r in self._pending[:cut]):  # its turn: the engine dies
+            self._pending.clear()
+            self._poisoned.clear()
+            raise EngineFailure(f"the echo engine crashed: a {CRASH} line was in flight (a poison request, for tests)")
         done, self._pending = self._pending[:cut], self._pending[cut:]
         return [self._answer(r) for r in done]
 
@@ -89,6 +90,7 @@ class EchoEngine(Engine):
 
     def abort_all(self) -> None:
         self._pending.clear()
+        self._poisoned.clear()
 
     def _answer(self, request: EngineRequest) -> EngineResult:
         text = _prompt_text(request)

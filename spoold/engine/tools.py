@@ -129,9 +129,9 @@ class ChatTooling:
         self, plan: ChatPlan | None, text: str, token_ids: Sequence[int], finish_reason: str, prompt_ids: Sequence[int]
     ) -> tuple[dict[str, Any], str, int]:
         """One choice's `message`, finish_reason and reasoning tokens (vLLM's parser counts them)."""
-        request = plan.request if plan is not None else None
-        if request is None:
+        if plan is None or plan.request is None:
             return {"role": "assistant", "content": text}, finish_reason, 0
+        request = plan.request
         parser = self._parser(request, plan.template_kwargs)  # parsers are stateful: one per choice, as in vLLM
         parser.set_prompt_token_ids(list(prompt_ids))
         reasoning, content, calls = parser.parse(

@@ -84,6 +84,9 @@ def cut(text: str) -> str:
 
 
 def _parse(raw: bytes, line: int, job_model: str, unterminated: bool, serves: Collection[str] | None) -> EngineRequest | LineError | None:
+    obj = _plain_object(raw)
+    if obj is not None:  # the usual line: the checks below that it passed need not be made again
+        return _request_from_object(obj, line, job_model, serves)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -140,6 +143,22 @@ def _decode(text: str) -> Any:
     return _DECODER.decode(text)
 
 
+def _plain_object(raw: bytes) -> dict[str, Any] | None:
+    """The line's object when orjson reads the raw bytes as one and it nests no deeper than MAX_NESTING; else None.
+
+    What orjson accepts is valid UTF-8 with no BOM, NUL or lone surrogate, and decodes to what
+    `_decode` makes of the stripped text (integers of 19+ digits aside: those take the long way)."""
+    if not isinstance(raw, bytes) or _LONG_DIGITS_B.search(raw) is not None:
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or raw.count(b"[") + raw.count(b"{") > MAX_NESTING:
+        return None
+    return obj
+
+
 def known_good_request(raw: RawLine, serves: Collection[str] | None = None) -> EngineRequest | None:
     """The request `parse_raw_line` makes of a line the validating pass found valid, with a fraction of the work.
 
@@ -163,9 +182,12 @@ def known_good_request(raw: RawLine, serves: Collection[str] | None = None) -> E
     else:
         body = dict(obj)
         custom_id = body.pop("custom_id", f"line-{line}")
-        kind = "chat" if "messages" in body else "completion" if "prompt" in body else "embeddings" if "input" in body else None
-        if kind is None:
+        bare: RequestKind | None = (
+            "chat" if "messages" in body else "completion" if "prompt" in body else "embeddings" if "input" in body else None
+        )
+        if bare is None:
             raise ValueError("no request kind")
+        kind = bare
     if not isinstance(body, dict) or not isinstance(custom_id, str) or (serves is not None and kind not in serves):
         raise ValueError("not the shape its pass saw")  # (a pass run without the model's kinds did not check them)
     return EngineRequest(line=line, custom_id=custom_id, kind=kind, body=body)

@@ -13,6 +13,8 @@ __all__ = ["MAX_LINE_BYTES", "RawLine", "read_lines"]
 
 SKIP_BLOCK = 64 << 10
 """Bytes read at a time while skipping the rest of a line that is too long."""
+READ_BUFFER = 256 << 10
+"""Bytes read from the file at a time: each read releases the GIL, which the job I/O thread may keep for a while."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ def read_lines(
     """Lines from `start_offset` on. A line of more than `max_line_bytes` bytes (its newline not
     counted) comes back as a `too_long` RawLine with its exact offsets; memory stays bounded by
     the limit whatever the file holds."""
-    with open(path, "rb", opener=safe_opener) as fh:  # never a symlink, FIFO or second name
+    with open(path, "rb", buffering=READ_BUFFER, opener=safe_opener) as fh:  # never a symlink, FIFO or second name
         fh.seek(start_offset)
         offset, number = start_offset, start_line
         while True:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from spoold.engine.responses import random_hex
 
 _LINE_BREAKERS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
 SAFE_DEPTH = 200
@@ -90,7 +91,7 @@ def _safe(value: Any, depth: int) -> Any:
 
 
 def _ids() -> tuple[str, str]:
-    token = os.urandom(16).hex()  # what uuid4().hex carries (random bits), without building a UUID
+    token = random_hex()  # what uuid4().hex carries, without a system call per record
     return f"batch_req_{token}", f"req_{token}"
 
 
