@@ -94,8 +94,8 @@ def _free_shards(
                 continue
         found.append(Resumable(Candidate(shard.name, priority, claimed_at, model), shard, lease))
     if mergeable(job, plan, node, lease_seconds, now):
-        current = leases.current(job)
-        own = current is not None and current.node == node
-        if own or leases.is_stale(current, mtime_or_now(job.state), now, lease_seconds):
+        current = leases.current(job)  # a live one may be this very daemon merging it on another thread: left alone
+        earlier_run = current is not None and current.node == node and current.pid != os.getpid()
+        if earlier_run or leases.is_stale(current, mtime_or_now(job.state), now, lease_seconds):
             found.append(Resumable(Candidate(job.name, priority, claimed_at, model), job, current))
     return found

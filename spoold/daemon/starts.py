@@ -30,7 +30,12 @@ class Starts(Feeding):
         fail_reason = None
         if choice.verdict is None:
             job = choice.job
-            lease = leases.acquire(job, self.node, choice.lease) if job is not None else None
+            try:
+                lease = leases.acquire(job, self.node, choice.lease) if job is not None else None
+            except FileNotFoundError:
+                if job is None or job.path.exists():
+                    raise
+                lease = None  # it left processing/ since the scan that found it (merged and finished): not disk trouble
             if job is None or lease is None:
                 return None  # another daemon took it over first
             if isinstance(job, ShardDir) and choice.lease is None:

@@ -52,7 +52,7 @@ def start_job(ctx: JobContext, job: JobDir, lease: leases.Lease, fail_reason: st
     cfg = ctx.config
     shard = job if isinstance(job, ShardDir) else None
     if shard is None and load_plan(job) is not None:  # cut into shards already: only the merge is left at job level
-        return try_merge(ctx, job, _merge_finisher(ctx))
+        return try_merge(ctx, job, _merge_finisher(ctx), lease, held=True)
     rec = shard.load_or_new_record(JobDir(shard.path).load_record()) if shard else job.load_record()
     sidecar = Sidecar()
     if rec.status in ("completed", "failed", "cancelled"):  # finished, but the crash came before the final rename
@@ -273,12 +273,14 @@ def _hold_for_finish(ctx: JobContext, job: JobDir, gen: int) -> bool:
 def _end_shard(ctx: JobContext, shard: ShardDir, rec: JobRecord, end: JobEnd, checkpoint: Checkpoint, own_gen: int | None) -> str | None:
     if own_gen is not None:
         checkpoint = checkpoint.carried_to(own_gen)
+    job = JobDir(shard.path)
+    seen = leases.current(job)  # before our outcome: while this shard is unfinished and ours, nobody can take the merge
     record_outcome(shard, checkpoint, end.status, end.reason)
     rec.status, rec.finished_at, rec.open_attempt = end.status, time.time(), False
     rec.failure_reason = end.reason if end.status == "failed" else None
     shard.save_record(rec)
     log.info("shard %d of %d %s", shard.span.index + 1, shard.count, end.status, extra={"job": shard.job_name})
-    return try_merge(ctx, JobDir(shard.path), _merge_finisher(ctx))
+    return try_merge(ctx, job, _merge_finisher(ctx), seen)
 
 
 def _sidecar_or_default(job: JobDir, ctx: JobContext) -> Sidecar:

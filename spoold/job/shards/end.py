@@ -58,9 +58,14 @@ def mergeable(job: JobDir, plan: ShardPlan, node: str, lease_seconds: float, now
     return True
 
 
-def try_merge(ctx, job: JobDir, finish) -> str | None:
+def try_merge(ctx, job: JobDir, finish, seen: leases.Lease | None, held: bool = False) -> str | None:
     """Merge and finish the sharded job if its time has come and we win it; its final status, or None.
 
+    `seen`: the job's lease as read before the job could be mergeable (a shard's owner reads it before
+    recording its outcome); winning means creating the generation after it, so of all who race for the
+    merge exactly one wins. (Taking over whatever lease is current would also take over a merge in
+    progress, e.g. the daemon's own on another thread: the merge ran twice.) `held`: `seen` is ours already
+    (the job-start thread took over a stale lease, or one an earlier run of this node left).
     `finish(job, record, end, checkpoint)` ends the job (jobstart.end_job with the job's sidecar)."""
     plan = load_plan(job)
     if plan is None:
@@ -68,9 +73,8 @@ def try_merge(ctx, job: JobDir, finish) -> str | None:
     cfg = ctx.config
     if not mergeable(job, plan, ctx.node, cfg.lease_seconds):
         return None
-    lease = leases.acquire(job, ctx.node, leases.current(job))
-    if lease is None:
-        return None  # another daemon merges
+    if not held and leases.acquire(job, ctx.node, seen) is None:
+        return None  # another daemon (or thread) merges
     states: list[ShardState] = []
     parts = []
     shards = shard_dirs(job, plan)
