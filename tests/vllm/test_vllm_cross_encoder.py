@@ -6,6 +6,7 @@ One engine load for this module: the path the shipped reranker profiles
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,11 @@ def rerank_engine(tiny_state_dir: Path) -> Any:
 
     config = Config.model_validate({"engine": {"state_dir": str(tiny_state_dir)}})
     engine = VllmEngine.load(config, load_profiles()["tiny-rerank"])
+    frozen = gc.get_freeze_count() > 0
     yield engine
-    engine.close()
+    engine.close()  # unfreezes the whole process (a daemon holds one engine at a time)
+    if frozen:  # give the session's other engines (loaded before this one) their frozen startup heap back
+        gc.freeze()
 
 
 def test_a_cross_encoder_scores_and_reranks_pairs(rerank_engine: Any) -> None:
