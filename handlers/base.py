@@ -90,3 +90,15 @@ def import_extra(module: str, extra: str) -> ModuleType:
         raise ValueError(
             f"needs the Python package {module.split('.')[0]}, which is not installed ({exc}): pip install 'spoold[{extra}]'"
         ) from None
+
+
+def read_secret_file(path: Path, setting: str) -> str:
+    """A secret from the file a setting names, stripped; ValueError naming only the setting and the file
+    (never the content) if it cannot be read or is empty."""
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {setting} {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{setting} {path} is empty")
+    return value

@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from spoold.handlers.base import Handler, HandlerError, HandlerEvent, PermanentHandlerError, import_extra
+from spoold.handlers.base import Handler, HandlerError, HandlerEvent, PermanentHandlerError, import_extra, read_secret_file
 from spoold.handlers.config import LabelStudioConfig
 from spoold.handlers.result_lines import answer_text, error_of, iter_records, prompt_of, requests_by_custom_id, response_body, status_code
 
@@ -140,10 +140,4 @@ def read_token(path: Any) -> str:
         if not token:
             raise ValueError(f"give settings.token_file, or set {TOKEN_ENV} in the daemon's environment")
         return token
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read token_file {path}: {exc.strerror}") from None
-    if not token:
-        raise ValueError(f"token_file {path} is empty")
-    return token
+    return read_secret_file(path, "token_file")

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from spoold.handlers.base import Handler, HandlerError, HandlerEvent, PermanentHandlerError, import_extra
+from spoold.handlers.base import Handler, HandlerError, HandlerEvent, PermanentHandlerError, import_extra, read_secret_file
 from spoold.handlers.config import PostgresConfig
 from spoold.handlers.result_lines import error_of, finished_at, iter_records, response_body, status_code, usage_tokens
 
@@ -145,13 +145,7 @@ def read_dsn(path: Path | None) -> str:
     """The connection string from `dsn_file`, or "" (libpq's environment); ValueError naming only the file."""
     if path is None:
         return ""
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read dsn_file {path}: {exc.strerror}") from None
-    if not value:
-        raise ValueError(f"dsn_file {path} is empty")
-    return value
+    return read_secret_file(path, "dsn_file")
 
 
 def connect_failure(exc: Exception) -> HandlerError:

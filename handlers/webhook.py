@@ -20,7 +20,7 @@ import urllib.request
 from email.message import Message
 from typing import Any
 
-from spoold.handlers.base import Handler, HandlerError, HandlerEvent, PermanentHandlerError
+from spoold.handlers.base import Handler, HandlerError, HandlerEvent, PermanentHandlerError, read_secret_file
 from spoold.handlers.config import WebhookConfig
 
 SIGNATURE_HEADER = "X-Spoold-Signature"
@@ -93,13 +93,7 @@ def read_secret(config: WebhookConfig) -> bytes | None:
             raise ValueError(f"environment variable {config.secret_env} is not set")
         return value.encode("utf-8")
     if config.secret_file:
-        try:
-            value = config.secret_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read secret_file {config.secret_file}: {exc.strerror}") from None
-        if not value:
-            raise ValueError(f"secret_file {config.secret_file} is empty")
-        return value.encode("utf-8")
+        return read_secret_file(config.secret_file, "secret_file").encode("utf-8")
     return None
 
 

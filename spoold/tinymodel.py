@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,21 +169,12 @@ def build_tiny_adapter(dest: Path, seed: int, base: str = BUILTIN_PREFIX + "tiny
         "use_dora": False,
         "inference_mode": True,
     }
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS))
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (tmp / MARKER).write_text(json.dumps({"seed": seed, "weights_sha256": weights_digest(tmp)}, indent=2) + "\n", encoding="utf-8")
-        _make_readable(tmp)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not is_built(dest):  # not a lost race: a real problem
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+
+    return _publish(dest, seed, write)
 
 
 def build_tiny_model(dest: Path, seed: int = 0, extra_config: dict[str, Any] | None = None) -> Path:
@@ -194,15 +186,21 @@ def build_tiny_model(dest: Path, seed: int = 0, extra_config: dict[str, Any] | N
     dest = Path(dest)
     if is_built(dest):
         return dest
+
+    def write(tmp: Path) -> None:
+        _save_model(tmp, seed, _save_tokenizer(tmp), extra_config or {})
+
+    return _publish(dest, seed, write)
+
+
+def _publish(dest: Path, seed: int, write: Callable[[Path], None]) -> Path:
+    """Build into a private folder beside `dest` (`write`), mark it built, rename it into place; another
+    process building the same `dest` at the same time is fine: one rename wins, the loser drops its copy."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        tokenizer = _save_tokenizer(tmp)
-        _save_model(tmp, seed, tokenizer, extra_config or {})
-        (tmp / MARKER).write_text(
-            json.dumps({"seed": seed, "weights_sha256": weights_digest(tmp)}, indent=2) + "\n",
-            encoding="utf-8",
-        )
+        write(tmp)
+        (tmp / MARKER).write_text(json.dumps({"seed": seed, "weights_sha256": weights_digest(tmp)}, indent=2) + "\n", encoding="utf-8")
         _make_readable(tmp)
         try:
             os.rename(tmp, dest)
