@@ -203,3 +203,19 @@ def test_job_file_ids() -> None:
     assert parse_job_file_id("file-errors-my.job") == ("errors", "my.job")
     for bad in ["file-output-../x", "file-output-..", "file-input-.hidden", "file-other-x", "file-output-a/b"]:
         assert parse_job_file_id(bad) is None
+
+
+def test_a_job_ended_but_not_yet_moved_is_finalizing_not_final(area: ApiArea) -> None:
+    """batch.json says completed a moment before the job's rename to done/: no final status without its files."""
+    job = area.spool.root / "processing" / "batch_ended"
+    (job / ".spoold").mkdir(parents=True)
+    (job / "output.jsonl").write_text('{"custom_id": "a"}\n')
+    batch = {"id": "batch_ended", "object": "batch", "endpoint": "/v1/chat/completions", "status": "completed",
+             "completion_window": "24h", "created_at": 1, "input_file_id": "file-input-batch_ended"}  # fmt: skip
+    (job / "batch.json").write_text(json.dumps(batch))
+    seen = Batch.model_validate(retrieve(area, ROOT, "batch_ended"))
+    assert seen.status == "finalizing" and seen.output_file_id is None
+    (area.spool.root / "done").mkdir(exist_ok=True)
+    job.rename(area.spool.root / "done" / "batch_ended")
+    seen = Batch.model_validate(retrieve(area, ROOT, "batch_ended"))
+    assert seen.status == "completed" and seen.output_file_id == "file-output-batch_ended"

@@ -69,7 +69,13 @@ def batch_object(area: ApiArea, name: str, record: BatchRecord | None) -> dict[s
     final = state in FINAL
     batch["output_file_id"] = job_file_id("output", name) if final and _nonempty(path / "output.jsonl") else None
     batch["error_file_id"] = job_file_id("errors", name) if final and _nonempty(path / "errors.jsonl") else None
-    if state is JobState.PROCESSING and JobDir(path).cancel_requested() and batch.get("status") not in ("cancelled", "completed", "failed"):
+    if state is JobState.PROCESSING and batch.get("status") in ("completed", "failed", "cancelled"):
+        # ended, but not yet moved to done/ or failed/ (its output files are not served yet): OpenAI's own
+        # word for "completed, results being prepared"; a client polling for a final status waits a moment more
+        batch["status"] = "cancelling" if batch["status"] == "cancelled" else "finalizing"
+    elif (
+        state is JobState.PROCESSING and JobDir(path).cancel_requested() and batch.get("status") not in ("cancelled", "completed", "failed")
+    ):
         batch["status"] = "cancelling"
         batch["cancelling_at"] = int(mtime_or_now(JobDir(path).cancel_marker))
     return batch
