@@ -13,7 +13,7 @@ from typing import Any
 
 import openai
 
-from spoold_helpers import child_env, wait_for
+from spoold_helpers import child_env, kill_group, wait_for
 
 KEYS = {"alice": "sk-alice-secret", "bob": "sk-bob-secret", "root": "sk-root-secret"}
 KEY_OPTIONS = {"bob": "max_priority=5", "root": "operator"}
@@ -66,11 +66,7 @@ class ApiProcess:
 
     def kill(self) -> None:
         assert self.proc is not None
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
+        kill_group(self.proc)
 
     def stop(self) -> int:
         assert self.proc is not None

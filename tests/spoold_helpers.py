@@ -92,6 +92,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """kill -9 of a process started in its own session and of every process in its group; reaped."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
 class SpooldProcess:
     """A real `python -m spoold run` on a temp spool, with its log captured to a file."""
 
@@ -142,11 +151,7 @@ class SpooldProcess:
     def kill(self) -> None:
         """kill -9 as systemd does it: the daemon and every process it started (vLLM workers)."""
         assert self.proc is not None
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
+        kill_group(self.proc)
 
     def catches_sigterm(self) -> bool:
         """Whether the daemon has installed its SIGTERM handler yet (SigCgt in /proc), or has exited."""
