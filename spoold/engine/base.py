@@ -28,8 +28,11 @@ URL_KINDS: dict[str, RequestKind] = {
 KIND_URLS: dict[RequestKind, str] = {kind: url for url, kind in URL_KINDS.items()}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EngineRequest:
+    """One request for the engine. Not frozen: its job fills in the sampling defaults and adapter, and the
+    engine loop its key, on the object the line was parsed into (one object per line, nobody else holds it)."""
+
     line: int
     """1-based input line number within its job (for messages)."""
     custom_id: str

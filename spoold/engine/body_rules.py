@@ -303,11 +303,18 @@ _BODY_KEYS: dict[str, Callable[[str, Any, str | None], Any] | None] = {**dict.fr
 """Every known body key: its check, or None for keys without sampling meaning (one lookup per key)."""
 
 
+_SCALARS = frozenset({int, float, str, bool})
+_PASSED: set[tuple[str, str, type, Any]] = set()
+"""(key, kind, type, value) of scalar values that passed their check (a check depends on nothing else)."""
+_PASSED_MAX = 4096
+
+
 def check_body(body: Mapping[str, Any], kind: str) -> None:
     """Every key of a chat or completion body known and supported, every sampling value of the right type and range.
 
     `null` means unset (as in OpenAI's API) and is not checked. Raises RuleError.
     """
+    passed = _PASSED
     for key, value in body.items():
         try:
             check = _BODY_KEYS[key]
@@ -315,7 +322,17 @@ def check_body(body: Mapping[str, Any], kind: str) -> None:
             if key in UNSUPPORTED:
                 raise RuleError(f"{key} is not supported by spoold's batch engine") from None
             raise RuleError(f"unknown request parameter {key!r}") from None
-        if check is not None and value is not None:
+        if check is None or value is None:
+            continue
+        if type(value) in _SCALARS:  # the same few sampling values on every line of a job: judged once
+            seen = (key, kind, type(value), value)
+            if seen in passed:
+                continue
+            check(key, value, kind)
+            if len(passed) >= _PASSED_MAX:
+                passed.clear()
+            passed.add(seen)
+        else:
             check(key, value, kind)
     if body.get("tools") is not None or body.get("tool_choice") is not None:
         check_tools(body, kind)

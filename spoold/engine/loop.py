@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Protocol
 
 from spoold.engine.base import AUTO_WINDOW, Engine, EngineRequest, EngineResult
@@ -61,8 +60,7 @@ class EngineLoop:
                 request = feeder.next_request()
                 if request is None:
                     continue
-                key = next(self._keys)
-                request = replace(request, key=key)
+                key = request.key = next(self._keys)
                 self._owners[key] = (feeder, request.line)
                 rejected = add_or_reject(self.engine, request)
                 if rejected is not None:

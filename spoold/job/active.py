@@ -99,6 +99,8 @@ class ActiveJob:
         self.progress = Progress(checkpoint)
         self.lease_lock = threading.Lock()
         self.last_renew = time.monotonic()
+        self.last_live = 0.0
+        """When the job I/O thread last wrote the live batch.json (monotonic; commit.py)."""
         self.started = time.monotonic()
         self.rate: float | None = None
         self.span = getattr(job, "span", None)
@@ -176,7 +178,11 @@ class ActiveJob:
         self.progress.dispatched(raw.number, raw.offset)
         self.in_engine += 1
         self.fed = True
-        return EngineRequest(parsed.line, parsed.custom_id, parsed.kind, {**self.sidecar.sampling, **parsed.body}, adapter=self._adapter)
+        sampling = self.sidecar.sampling
+        if sampling:
+            parsed.body = {**sampling, **parsed.body}
+        parsed.adapter = self._adapter
+        return parsed
 
     def parse(self, raw: RawLine) -> EngineRequest | LineError | None:
         """One input line as the validating pass judged it (later duplicates of a custom_id are errors)."""

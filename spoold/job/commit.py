@@ -25,6 +25,9 @@ from spoold.spool import lease as leases
 
 log = logging.getLogger(__name__)
 
+LIVE_SECONDS = 1.0
+"""A running job's live batch.json is rewritten at most this often (its progress for `status` and the API)."""
+
 
 def renew(active: ActiveJob, force: bool = False) -> None:
     """Renew the job's lease if due; raises LeaseLost. `force`: check for a newer generation now
@@ -54,13 +57,13 @@ def open_attempt(active: ActiveJob) -> None:
         active.trouble = exc
 
 
-def commit(active: ActiveJob, cut: Cut, live: bool = True, final: bool = False) -> None:
+def commit(active: ActiveJob, cut: Cut, live: bool = True, final: bool = False, force_live: bool = False) -> None:
     """Make one cut durable. Never raises: sets `active.lost` if another daemon took the job,
     `active.trouble` on any other error (the main thread then ends this run of the job)."""
     if active.lost or active.trouble is not None:
         return
     try:
-        _commit(active, cut, live, final)
+        _commit(active, cut, live, final, force_live)
     except leases.LeaseLost as exc:
         log.error("%s; leaving it to its new owner", exc, extra={"job": active.name})
         active.lost = True
@@ -68,15 +71,14 @@ def commit(active: ActiveJob, cut: Cut, live: bool = True, final: bool = False) 
         active.trouble = exc
 
 
-def _commit(active: ActiveJob, cut: Cut, live: bool = True, final: bool = False) -> None:
+def _commit(active: ActiveJob, cut: Cut, live: bool, final: bool, force_live: bool) -> None:
     old = active.checkpoint
     if not cut.records and cut.next_line == old.next_line:
         renew(active)
         return
     renew(active, force=True)
     writer = active.writer
-    for record in cut.records:
-        writer.add(record)
+    writer.add_all(cut.records)
     output_bytes, errors_bytes = writer.flush()
     renew(active, force=True)
     tally = cut.tally
@@ -99,6 +101,10 @@ def _commit(active: ActiveJob, cut: Cut, live: bool = True, final: bool = False)
     )  # fmt: skip
     if not live:
         return  # the job ends next: its final batch.json follows at once
+    now = time.monotonic()
+    if not force_live and now - active.last_live < LIVE_SECONDS:
+        return  # shown at most once a second: the checkpoint, not batch.json, is what a resume reads
+    active.last_live = now
     if isinstance(active.job, ShardDir):
         batch = live_batch(active.job, active.ctx.node, active.model, active.sidecar.metadata, active.validation, active.chunk_size)
     else:
@@ -116,7 +122,10 @@ def close(active: ActiveJob, cut: Cut, how: str, reason: str | None = None) -> s
     it stays in processing/ (stopped, retried later, or lost to another daemon).
     """
     # a shard's end writes its last checkpoint itself (with its outcome): its last cut needs none of its own
-    commit(active, cut, live=how in ("stopped", "retry"), final=how in ("completed", "cancelled") and isinstance(active.job, ShardDir))
+    commit(
+        active, cut, live=how in ("stopped", "retry"), final=how in ("completed", "cancelled") and isinstance(active.job, ShardDir),
+        force_live=True,
+    )  # fmt: skip
     if active.lost:
         return None
     record = active.record

@@ -79,17 +79,20 @@ def validate_file(
     """
     summary = ValidationSummary()
     hashes = array("Q")
+    add_hash = hashes.append
+    lines = invalid = 0  # counted in locals: a pydantic attribute write per line costs more than the count
+    errors: list[ListedError] = []
     for parsed in _parsed_lines(path, job_model, keep_going, max_line_bytes, serves):
-        summary.lines += 1
+        lines += 1
         if isinstance(parsed, LineError):
-            summary.invalid += 1
-            if len(summary.errors) < MAX_LISTED_ERRORS:
-                summary.errors.append(ListedError(code=parsed.code, message=parsed.message, line=parsed.line))
+            invalid += 1
+            if len(errors) < MAX_LISTED_ERRORS:
+                errors.append(ListedError(code=parsed.code, message=parsed.message, line=parsed.line))
             continue
-        summary.valid += 1
         if summary.endpoint is None:
             summary.endpoint = next(url for url, kind in URL_KINDS.items() if kind == parsed.kind)
-        hashes.append(_id_hash(parsed.custom_id))
+        add_hash(hash(parsed.custom_id) & _MASK)  # _id_hash, inline
+    summary.lines, summary.invalid, summary.valid, summary.errors = lines, invalid, lines - invalid, errors
     candidates = repeated(hashes)
     del hashes
     if candidates:
@@ -108,8 +111,11 @@ def _parsed_lines(
             yield parsed
 
 
+_MASK = 0xFFFF_FFFF_FFFF_FFFF
+
+
 def _id_hash(custom_id: str) -> int:
-    return hash(custom_id) & 0xFFFF_FFFF_FFFF_FFFF  # one process, one pass pair: the per-process seed is fine
+    return hash(custom_id) & _MASK  # one process, one pass pair: the per-process seed is fine
 
 
 def repeated(hashes: array) -> set[int]:

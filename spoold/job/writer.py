@@ -12,7 +12,7 @@ import logging
 
 from spoold.fsutil import append_durably, fsync_dir, truncate_to
 from spoold.job.checkpoint import Checkpoint
-from spoold.job.records import BatchRecord
+from spoold.job.records import BatchRecord, encode_records
 from spoold.job.segments import segment_path
 from spoold.spool.jobdir import JobDir
 
@@ -41,6 +41,14 @@ class ResultWriter:
 
     def add(self, record: BatchRecord) -> None:
         (self._errors if record.error is not None else self._output).append(record.to_line())
+
+    def add_all(self, records: list[BatchRecord]) -> None:
+        """`add` for each record, encoded as one block per file (what the commit of a chunk uses)."""
+        output, errors = encode_records(records)
+        if output:
+            self._output.append(output)
+        if errors:
+            self._errors.append(errors)
 
     @property
     def pending(self) -> int:

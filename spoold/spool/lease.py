@@ -89,14 +89,27 @@ def acquire(job: JobDir, node: str, seen: Lease | None, durable: bool = True) ->
 
 
 def check(job: JobDir, lease: Lease) -> None:
-    """Raises LeaseLost if a newer generation than ours exists (the fence: one directory listing)."""
+    """Raises LeaseLost if a newer generation than ours exists (the fence before every commit writes).
+
+    Two lookups, no listing: a takeover of generation N always creates N+1 (acquire) and then
+    removes N. So N+1 present means lost; N present and N+1 absent means ours. Only when N is
+    gone (a takeover of a takeover, N+1 removed too) is the directory listed, as `renew` always does."""
+    state = str(job.state)
+    if os.path.lexists(f"{state}/lease.{lease.gen + 1}.json"):
+        raise LeaseLost(f"job {job.name} was taken over by another daemon")
+    if not os.path.lexists(f"{state}/lease.{lease.gen}.json"):
+        _check_listed(job, lease)
+
+
+def _check_listed(job: JobDir, lease: Lease) -> None:
     if max(_generations(job), default=0) > lease.gen:
         raise LeaseLost(f"job {job.name} was taken over by another daemon")
 
 
 def renew(job: JobDir, lease: Lease) -> Lease:
-    """Refresh our lease; raises LeaseLost if a newer generation exists."""
-    check(job, lease)
+    """Refresh our lease; raises LeaseLost if a newer generation exists (a full listing: `check`'s lookups
+    cannot see N+2 once our N was written back after a takeover removed it)."""
+    _check_listed(job, lease)
     fresh = lease.model_copy(update={"renewed_at": time.time()})
     # Not fsync'd: after a power cut a lease that looks old (or unreadable) only invites a takeover,
     # and its owner is gone then anyway. The generation check above is what fences.
