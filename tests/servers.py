@@ -174,6 +174,12 @@ class LabelStudioServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 300) -> LabelStudioServer:
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self, nice: int = 0) -> None:
+        """Start the server and return at once (wait_ready waits for it). `nice` > 0: its start-up (database
+        migrations, a minute or more of CPU) takes only the CPU the tests running meanwhile leave idle."""
         exe = LS_VENV / "bin" / "label-studio"
         if not (LS_VENV / ".installed").exists():  # `make label-studio-venv` is the one recipe (make test runs it first)
             subprocess.run(["make", "-s", "-C", str(REPO), "label-studio-venv"], check=True, timeout=1200)
@@ -190,7 +196,10 @@ class LabelStudioServer:
                  "--data-dir", str(self.root / "data"), "--username", self.USERNAME, "--password", self.PASSWORD,
                  "--user-token", self.TOKEN, "--enable-legacy-api-token"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env, start_new_session=True,
+                preexec_fn=(lambda: os.nice(nice)) if nice else None,
             )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 300) -> LabelStudioServer:
         wait_http(self.url + "/health", timeout, self.proc, self.log)
         return self
 
