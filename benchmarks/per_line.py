@@ -58,7 +58,7 @@ def section_floor(work: Path, n: int, pairs: int) -> list[str]:
     rows = [
         f"\n## The daemon's own cost per line: {n:,} chat lines, echo backend, chunk 1,000, against the floor loop\n",
         f"spoold from the drop (the sidecar renamed in; settle_seconds {SETTLE:g}) to the job in done/ (validating pass, claim, "
-        "checkpoint and live batch.json per chunk, finish), and `benchmarks/floor.py` (per line: json.loads, the last "
+        "checkpoint per chunk, live batch.json at most once a second, finish), and `benchmarks/floor.py` (per line: json.loads, the last "
         "message's text, the OpenAI-shaped record as a dict, json.dumps; write + flush + fsync every 1,000), "
         f"alternately {pairs} times on the same input; each pair's ratio, then the median.\n",
         "| pair | spoold lines/s | floor lines/s | spoold / floor | spoold us/line | floor us/line |",
