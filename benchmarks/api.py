@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -81,16 +82,8 @@ def cp_seconds(src: Path, folder: Path) -> float:
 @contextlib.contextmanager
 def code_from(tree: Path | None) -> Iterator[None]:
     """Start child processes on another source tree's spoold (PYTHONPATH), for a before/after comparison."""
-    saved = os.environ.get("PYTHONPATH")
-    if tree is not None:
-        os.environ["PYTHONPATH"] = str(tree)
-    try:
+    with mock.patch.dict(os.environ, {"PYTHONPATH": str(tree)} if tree is not None else {}):
         yield
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
 
 
 def up_and_down(api: ApiProcess, path: Path) -> tuple[float, float]:

@@ -62,25 +62,19 @@ def _completion(
     created: int | None,
 ) -> dict[str, Any]:
     chat = kind == "chat.completion"
-    get = dict.get
-    if chat:
-        shaped = [{"index": i, "message": get(c, "message") or {"role": "assistant", "content": c["text"]},
-                   "logprobs": get(c, "logprobs"), "finish_reason": get(c, "finish_reason", "stop"),
-                   "stop_reason": get(c, "stop_reason")} for i, c in enumerate(choices)]  # fmt: skip
-    else:
-        shaped = [{"index": i, "text": c["text"], "logprobs": get(c, "logprobs"), "finish_reason": get(c, "finish_reason", "stop"),
-                   "stop_reason": get(c, "stop_reason")} for i, c in enumerate(choices)]  # fmt: skip
+    shaped = []
+    for i, c in enumerate(choices):
+        message = c.get("message") or {"role": "assistant", "content": c["text"]}
+        content: dict[str, Any] = {"message": message} if chat else {"text": c["text"]}
+        shaped.append({"index": i, **content, "logprobs": c.get("logprobs"),
+                       "finish_reason": c.get("finish_reason", "stop"), "stop_reason": c.get("stop_reason")})  # fmt: skip
     return {
-        "id": f"{'chatcmpl' if chat else 'cmpl'}-{_RANDOM.getrandbits(128):032x}",  # new_id, inline (once per request)
+        "id": new_id("chatcmpl" if chat else "cmpl"),
         "object": kind,
         "created": int(created if created is not None else time.time()),
         "model": model,
         "choices": shaped,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage(prompt_tokens, completion_tokens),
     }
 
 

@@ -91,7 +91,7 @@ def validate_file(
             continue
         if summary.endpoint is None:
             summary.endpoint = next(url for url, kind in URL_KINDS.items() if kind == parsed.kind)
-        add_hash(hash(parsed.custom_id) & _MASK)  # _id_hash, inline
+        add_hash(_id_hash(parsed.custom_id))
     summary.lines, summary.invalid, summary.valid, summary.errors = lines, invalid, lines - invalid, errors
     candidates = repeated(hashes)
     del hashes
