@@ -179,14 +179,19 @@ def test_notes_are_trimmed_per_state(tmp_path: Path) -> None:
 
 
 def test_the_daemon_notes_finished_jobs_for_status(tmp_path: Path) -> None:
-    from spoold_helpers import SpooldProcess, chat_line, drop_job
+    from spoold_helpers import SpooldProcess, chat_line, drop_job, wait_for
 
     with SpooldProcess(tmp_path) as d:
         d.start()
         drop_job(d.inbox, "fresh", [chat_line("a", "hi")], {})
         d.wait_finished("fresh")
-        wait_for_note = [n for n in os.listdir(d.spool / ".spoold" / "recent") if n.endswith("-done-fresh")]
-        assert wait_for_note
+        notes = d.spool / ".spoold" / "recent"
+
+        def noted() -> list[str]:
+            # The note follows the move into done/ (a hint for status, written after the commit that matters).
+            return [n for n in os.listdir(notes) if n.endswith("-done-fresh")] if notes.is_dir() else []
+
+        assert wait_for(noted, 10, what="the recent note of job fresh")
         assert d.stop() == 0
 
 
