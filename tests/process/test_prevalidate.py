@@ -113,3 +113,55 @@ def test_a_small_input_is_validated_in_the_worker_once_it_runs(tmp_path: Path) -
     finally:
         pre.close()
     assert pre.validate_aside(small, "tiny-random", lambda: True) is None  # closed (a stop or reload)
+
+
+def test_a_large_input_is_validated_in_parts_side_by_side(tmp_path: Path) -> None:
+    """Issue 25: an input of split_bytes or more is cut at line starts, one part per worker process,
+    and the merged summary is the whole file's (duplicates across parts, line numbers, listed errors)."""
+    big = tmp_path / "big.jsonl"
+    _big(big)  # the duplicate of p0 is in the last part, p0 in the first
+    pre = Prevalidator(workers=3, split_bytes=1 << 20)
+    try:
+        pre.warm()
+        wait_for(pre._worker_running, 60, what="the workers")
+        pre.offer(big, "tiny-random")
+        summary = pre.take(big, "tiny-random", lambda: True)
+        assert summary is not None and summary == validate_file(big, "tiny-random")
+        assert (summary.lines, summary.invalid, summary.duplicates) == (6002, 2, [6002])
+        workers = {p.pid for p in pre._executor._processes.values()} if pre._executor else set()  # type: ignore[attr-defined]
+        assert len(workers) == 3
+        assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("spoold-pass-*"))  # the parts' hash files are gone
+
+        gone = tmp_path / "gone.jsonl"  # e.g. another daemon claimed it first: no summary, the job validates inline
+        assert pre._executor is not None
+        assert pre._result_of(pre._submit_split(pre._executor, (gone,), (0, 0), "tiny-random", None, 3), gone, lambda: True) is None
+    finally:
+        pre.close()
+
+
+@pytest.mark.parametrize("split_bytes", [1 << 40, 1 << 20], ids=["whole", "in parts"])
+def test_a_pass_finds_the_input_the_claim_moved_before_the_worker_opened_it(tmp_path: Path, split_bytes: int) -> None:
+    """The worker is handed the inbox name and the claim's; the claim usually wins the race to the file."""
+    big = tmp_path / "big.jsonl"
+    _big(big)
+    claimed_as = tmp_path / "processing" / "big" / "input.jsonl"
+    claimed_as.parent.mkdir(parents=True)
+    pre = Prevalidator(workers=2, split_bytes=split_bytes)
+    try:
+        pre.offer(big, "tiny-random", None, claimed_as)  # the worker processes are only starting
+        os.rename(big, claimed_as)
+        wait_for(lambda: pre.finished(claimed_as, "tiny-random"), 60, what="the background pass")
+        summary = pre.take(claimed_as, "tiny-random", lambda: True)
+        assert summary is not None and summary == validate_file(claimed_as, "tiny-random")
+
+        other = tmp_path / "other.jsonl"  # a file at neither name: the one at claimed_as is never read in its place
+        _big(other)
+        identity = (os.stat(other).st_dev, os.stat(other).st_ino)
+        assert pre._executor is not None
+        names = (tmp_path / "gone.jsonl", claimed_as)
+        whole = pre._submit(pre._executor, names, identity, "tiny-random", None)
+        parts = pre._submit_split(pre._executor, names, identity, "tiny-random", None, 2)
+        assert isinstance(whole.exception(timeout=60), FileNotFoundError)
+        assert isinstance(parts.exception(timeout=60), FileNotFoundError)
+    finally:
+        pre.close()
