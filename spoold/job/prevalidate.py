@@ -52,12 +52,19 @@ def file_key(path: Path, model: str) -> Key | None:
 
 class Prevalidator:
     def __init__(
-        self, min_bytes: int = MIN_BYTES, max_line_bytes: int = MAX_LINE_BYTES, workers: int | None = None, split_bytes: int = SPLIT_BYTES
+        self,
+        min_bytes: int = MIN_BYTES,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        workers: int | None = None,
+        split_bytes: int = SPLIT_BYTES,
+        scratch: Path | None = None,
     ) -> None:
         self.min_bytes = min_bytes
         self.max_line_bytes = max_line_bytes  # the daemon updates it on reload
         self.workers = workers or worker_count()
         self.split_bytes = split_bytes
+        self.scratch = scratch
+        """Where the parts' hash files go (a temporary folder in it per pass); None: the system's temporary folder."""
         self._executor: ProcessPoolExecutor | None = None
         self._futures: dict[Key, Future[ValidationSummary]] = {}
         self._worker_up: Future[int] | None = None
@@ -166,21 +173,26 @@ class Prevalidator:
         outer.set_running_or_notify_cancel()
         max_line_bytes = self.max_line_bytes
 
+        def steps(folder: Path) -> ValidationSummary:
+            bounds = first_found(paths, lambda path: part_bounds(path, parts, identity))
+            files = [folder / f"part-{k}" for k in range(len(bounds))]
+            futures = [
+                executor.submit(validate_part, paths, identity, model, start, end, file, max_line_bytes, serves)
+                for (start, end), file in zip(bounds, files, strict=True)
+            ]
+            found = [f.result() for f in futures]
+            return executor.submit(merge_parts, paths, identity, model, found, files, max_line_bytes, serves).result()
+
         def run() -> None:
-            folder = Path(tempfile.mkdtemp(prefix="spoold-pass-"))  # the parts' id hashes, 8 bytes per line
+            folder = Path(tempfile.mkdtemp(prefix="spoold-pass-", dir=self.scratch))  # the parts' id hashes, 8 bytes per line
             try:
-                bounds = first_found(paths, lambda path: part_bounds(path, parts, identity))
-                files = [folder / f"part-{k}" for k in range(len(bounds))]
-                futures = [
-                    executor.submit(validate_part, paths, identity, model, start, end, file, max_line_bytes, serves)
-                    for (start, end), file in zip(bounds, files, strict=True)
-                ]
-                found = [f.result() for f in futures]
-                outer.set_result(executor.submit(merge_parts, paths, identity, model, found, files, max_line_bytes, serves).result())
+                summary = steps(folder)
             except BaseException as exc:  # the file gone, a worker died, the pool shut down: validate inline
-                outer.set_exception(exc)
-            finally:
                 shutil.rmtree(folder, ignore_errors=True)
+                outer.set_exception(exc)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)  # before the summary is handed out
+                outer.set_result(summary)
 
         threading.Thread(target=run, name="pass-parts", daemon=True).start()
         return outer

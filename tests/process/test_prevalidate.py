@@ -120,7 +120,9 @@ def test_a_large_input_is_validated_in_parts_side_by_side(tmp_path: Path) -> Non
     and the merged summary is the whole file's (duplicates across parts, line numbers, listed errors)."""
     big = tmp_path / "big.jsonl"
     _big(big)  # the duplicate of p0 is in the last part, p0 in the first
-    pre = Prevalidator(workers=3, split_bytes=1 << 20)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    pre = Prevalidator(workers=3, split_bytes=1 << 20, scratch=scratch)
     try:
         pre.warm()
         wait_for(pre._worker_running, 60, what="the workers")
@@ -130,7 +132,7 @@ def test_a_large_input_is_validated_in_parts_side_by_side(tmp_path: Path) -> Non
         assert (summary.lines, summary.invalid, summary.duplicates) == (6002, 2, [6002])
         workers = {p.pid for p in pre._executor._processes.values()} if pre._executor else set()  # type: ignore[attr-defined]
         assert len(workers) == 3
-        assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("spoold-pass-*"))  # the parts' hash files are gone
+        assert not list(scratch.iterdir())  # the parts' hash files are gone before the summary is handed out
 
         gone = tmp_path / "gone.jsonl"  # e.g. another daemon claimed it first: no summary, the job validates inline
         assert pre._executor is not None
