@@ -96,6 +96,22 @@ def test_a_pass_whose_worker_is_still_starting_is_not_waited_for(tmp_path: Path)
         pre.close()
 
 
+def test_a_large_input_waits_for_workers_that_are_still_starting(tmp_path: Path) -> None:
+    """From wait_bytes on, half a second of spawning is sooner than a pass on one thread: the claim waits."""
+    big = tmp_path / "big.jsonl"
+    _big(big)
+    pre = Prevalidator(workers=2, split_bytes=1 << 20, wait_bytes=1 << 20)
+    try:
+        pre.offer(big, "tiny-random")  # spawns the worker processes
+        assert not pre._worker_running()
+        waits = []
+        summary = pre.take(big, "tiny-random", lambda: waits.append(1) or True)
+        assert waits  # it waited (beating the watchdog) instead of handing the pass back
+        assert summary is not None and summary == validate_file(big, "tiny-random") and summary.lines == 6002
+    finally:
+        pre.close()
+
+
 def test_a_small_input_is_validated_in_the_worker_once_it_runs(tmp_path: Path) -> None:
     """Small inputs are not offered ahead of time; once the worker process runs (it is started
     beside a vLLM model load), a job-start thread has their pass run there, without the GIL."""
