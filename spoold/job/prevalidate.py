@@ -68,8 +68,8 @@ class Prevalidator:
         self.workers = workers or worker_count()
         self.split_bytes = split_bytes
         self.scratch = scratch
-        self.wait_bytes = wait_bytes
         """Where the parts' hash files go (a temporary folder in it per pass); None: the system's temporary folder."""
+        self.wait_bytes = wait_bytes
         self._executor: ProcessPoolExecutor | None = None
         self._futures: dict[Key, Future[ValidationSummary]] = {}
         self._worker_up: Future[int] | None = None
